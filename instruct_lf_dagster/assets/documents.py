@@ -1,0 +1,131 @@
+"""Documents: each inbox file (a batch) read into rows of text, with bad input reported, never silently lost."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from instruct_lf_dagster.partitions import batches, single_run
+from instruct_lf_dagster.resources.inbox import Inbox
+
+
+class DocumentsConfig(dg.Config):
+    text_column: str = Field(default="text", description="column (or JSON key) holding the document text")
+    id_column: str = Field(default="id", description="optional id column; row numbers when absent")
+    max_chars: int = Field(
+        default=100_000, description="longer documents are clipped to this many characters"
+    )
+
+
+class BatchError(ValueError):
+    """A batch file that cannot be read; the message names the file and the problem."""
+
+
+def _rows(name: str, data: bytes) -> tuple[pd.DataFrame, int]:
+    """The file's rows as strings, and how many lines or rows could not be decoded."""
+    if name.lower().endswith(".parquet"):
+        try:
+            return pd.read_parquet(io.BytesIO(data)).astype(str), 0
+        except Exception as exc:
+            raise BatchError(f"{name}: not a readable Parquet file ({exc})") from exc
+    text = data.decode("utf-8", errors="replace")
+    if name.lower().endswith(".csv"):
+        try:
+            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), 0
+        except Exception as exc:
+            raise BatchError(f"{name}: not a readable CSV file ({exc})") from exc
+    if text.lstrip().startswith("["):
+        try:
+            return pd.DataFrame(json.loads(text)), 0
+        except Exception as exc:
+            raise BatchError(f"{name}: not a readable JSON array ({exc})") from exc
+    records, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    return pd.DataFrame(records), bad
+
+
+def read_batch(batch: str, name: str, data: bytes, config: DocumentsConfig) -> tuple[pd.DataFrame, dict]:
+    """Rows (batch, document_id, text) of one file, and counts of what was skipped or clipped."""
+    if not data.strip():
+        raise BatchError(f"{name}: the file is empty")
+    frame, bad = _rows(name, data)
+    if config.text_column not in frame.columns:
+        raise BatchError(
+            f"{name}: no {config.text_column!r} column (found: {', '.join(map(str, frame.columns)) or 'none'})"
+        )
+    text = frame[config.text_column].fillna("").astype(str)
+    ids = (
+        frame[config.id_column].astype(str) if config.id_column in frame.columns else frame.index.astype(str)
+    )
+    rows = pd.DataFrame({"batch": batch, "document_id": ids.to_numpy(), "text": text.to_numpy()})
+    report = {
+        "undecodable_rows": bad,
+        "replaced_characters": int(rows["text"].str.count("\ufffd").sum()),
+        "empty_skipped": int((rows["text"].str.strip() == "").sum()),
+        "clipped": int((rows["text"].str.len() > config.max_chars).sum()),
+    }
+    rows = rows[rows["text"].str.strip() != ""]
+    report["duplicate_ids_skipped"] = int(rows["document_id"].duplicated().sum())
+    rows = rows.drop_duplicates("document_id", keep="first")
+    rows["text"] = rows["text"].str.slice(0, config.max_chars)
+    if rows.empty:
+        raise BatchError(f"{name}: no document has any text in column {config.text_column!r}")
+    return rows.reset_index(drop=True), report
+
+
+@dg.asset(
+    partitions_def=batches,
+    backfill_policy=single_run,
+    group_name="batches",
+    pool="duckdb",
+    kinds={"duckdb"},
+)
+def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, inbox: Inbox) -> pd.DataFrame:
+    """The documents of each batch: one row per document with its text, read from the batch's inbox file.
+
+    A file that cannot be used fails its batch with a message naming the file; in a run over several batches
+    the other batches go on and the bad one is listed in the metadata.
+    """
+    frames, reports, failed = [], {}, {}
+    for batch in context.partition_keys:
+        try:
+            name, data = inbox.read(batch)
+            frame, report = read_batch(batch, name, data, config)
+        except BatchError as exc:
+            failed[batch] = str(exc)
+            context.log.error(str(exc))
+            continue
+        frames.append(frame)
+        reports[batch] = report
+        context.log.info(f"{name}: {len(frame)} documents ({report})")
+    if not frames:
+        raise dg.Failure("no readable batch: " + "; ".join(failed.values()), metadata={"failed": failed})
+    out = pd.concat(frames, ignore_index=True)
+    skipped = {key: sum(r[key] for r in reports.values()) for key in next(iter(reports.values()))}
+    context.add_output_metadata(
+        {
+            "documents": len(out),
+            "mean_chars": float(out["text"].str.len().mean()),
+            **skipped,
+            "failed_batches": failed or "none",
+            "preview": dg.MetadataValue.md(
+                out[["batch", "document_id", "text"]].head(5).to_markdown(index=False)
+            ),
+        }
+    )
+    return out

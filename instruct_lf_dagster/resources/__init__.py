@@ -1,0 +1,1 @@
+"""Dagster resources: LLM, compute, storage and inbox, chosen per environment in definitions.py."""

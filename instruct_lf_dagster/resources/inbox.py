@@ -1,0 +1,82 @@
+"""The inbox: where document files arrive. Each file is one batch (one partition)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from instruct_lf_dagster.core.paths import data_dir
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def batch_key(file_name: str) -> str:
+    """A partition key from a file name: safe characters only, bounded length, stable."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(file_name).name).strip("._-")
+    return stem[:120] or "batch"
+
+
+class Inbox(dg.ConfigurableResource):
+    """Document files waiting to be discovered; `LocalInbox` or `S3Inbox`."""
+
+    def files(self) -> dict[str, str]:
+        """Partition key -> file name, for every readable document file."""
+        raise NotImplementedError
+
+    def read(self, key: str) -> tuple[str, bytes]:
+        """The file name and bytes of a batch."""
+        raise NotImplementedError
+
+
+def _index(names: list[str]) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for name in sorted(names):
+        if name.lower().endswith(SUFFIXES):
+            index.setdefault(batch_key(name), name)  # a later name mapping to the same key is not a new batch
+    return index
+
+
+class LocalInbox(Inbox):
+    """A local folder of document files (default <data dir>/inbox)."""
+
+    path: str = Field(default="", description="folder; default <data dir>/inbox")
+
+    def folder(self) -> Path:
+        folder = Path(self.path) if self.path else data_dir() / "inbox"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def files(self) -> dict[str, str]:
+        return _index([p.name for p in self.folder().iterdir() if p.is_file()])
+
+    def read(self, key: str) -> tuple[str, bytes]:
+        name = self.files().get(key)
+        if name is None:
+            raise dg.Failure(f"batch {key!r}: no file for it in {self.folder()}")
+        return name, (self.folder() / name).read_bytes()
+
+
+class S3Inbox(Inbox):
+    """Document files under s3://bucket/prefix/."""
+
+    s3: S3Resource
+    bucket: str
+    prefix: str = "inbox/"
+
+    def files(self) -> dict[str, str]:
+        client = self.s3.get_client()
+        names = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            names += [item["Key"][len(self.prefix) :] for item in page.get("Contents", [])]
+        return _index([n for n in names if n and "/" not in n])
+
+    def read(self, key: str) -> tuple[str, bytes]:
+        name = self.files().get(key)
+        if name is None:
+            raise dg.Failure(f"batch {key!r}: no file for it under s3://{self.bucket}/{self.prefix}")
+        body = self.s3.get_client().get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
+        return name, body

@@ -1,0 +1,264 @@
+"""Where assets live: DuckDB and files locally, Parquet and files on S3 in production.
+
+Tables are pandas DataFrames; partitioned ones carry a `batch` column, and writing a batch replaces exactly its
+rows, so re-materialising is idempotent. Artefacts (vocabulary, linker, Linear CorEx) are saved by their own
+`save` methods into a folder with a small manifest: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from instruct_lf_dagster.core.paths import data_dir
+
+BATCH = "batch"
+
+
+def _artefact_kinds() -> dict[str, tuple[type, str]]:
+    """Artefact kind -> (class with save/load, file or folder name inside the artefact folder)."""
+    from instruct_lf_dagster.core.corex import LinearCorex
+    from instruct_lf_dagster.core.linker import Linker
+    from instruct_lf_dagster.core.vocabulary import Vocabulary
+
+    return {
+        "vocabulary": (Vocabulary, "vocabulary.json"),
+        "linker": (Linker, "linker"),
+        "corex": (LinearCorex, "corex.safetensors"),
+    }
+
+
+def dump_artefact(obj: object, folder: Path) -> None:
+    """Save `obj` into `folder` (replacing it) with a manifest naming its kind."""
+    matches = [(kind, name) for kind, (cls, name) in _artefact_kinds().items() if isinstance(obj, cls)]
+    if not matches:
+        raise TypeError(f"cannot store {type(obj).__name__}: not a DataFrame or a known artefact")
+    kind, name = matches[0]
+    staging = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    obj.save(staging / name)
+    (staging / "manifest.json").write_text(json.dumps({"kind": kind, "saved_at": time.time()}))
+    # Swap in one step so a crash mid-save never leaves a half-written artefact behind.
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+
+
+def restore_artefact(folder: Path) -> object:
+    """Load an artefact saved by `dump_artefact`."""
+    kind = json.loads((folder / "manifest.json").read_text())["kind"]
+    cls, name = _artefact_kinds()[kind]
+    return cls.load(folder / name)
+
+
+def _arrow(df: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+
+
+class Storage(dg.ConfigurableResource):
+    """Tables and artefacts of the platform; `LocalStorage` or `S3Storage`, chosen per environment."""
+
+    def write_table(self, name: str, df: pd.DataFrame, batches: Sequence[str] | None) -> None:
+        raise NotImplementedError
+
+    def read_table(self, name: str, batches: Sequence[str] | None = None) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def save_artefact(self, name: str, obj: object) -> None:
+        raise NotImplementedError
+
+    def load_artefact(self, name: str) -> object | None:
+        """The stored artefact, or None when it was never materialised."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def _present_batches(df: pd.DataFrame, batches: Sequence[str] | None, name: str) -> list[str] | None:
+    """The run's batches that `df` has rows for: only these are replaced, so a batch that failed keeps its
+    earlier rows."""
+    if batches is None:
+        return None
+    if BATCH not in df.columns:
+        raise ValueError(f"partitioned table {name!r} needs a {BATCH!r} column")
+    present = set(df[BATCH].unique())
+    if present - set(batches):
+        raise ValueError(
+            f"table {name!r} has rows for batches outside this run: {sorted(present - set(batches))}"
+        )
+    return sorted(present)
+
+
+class LocalStorage(Storage):
+    """A DuckDB file for tables and a folder for artefacts, both under the data directory by default."""
+
+    database: str = Field(default="", description="DuckDB file; default <data dir>/instruct_lf.duckdb")
+    artefacts: str = Field(default="", description="artefact folder; default <data dir>/artefacts")
+
+    def _database(self) -> str:
+        return self.database or str(data_dir() / "instruct_lf.duckdb")
+
+    def _artefacts(self) -> Path:
+        return Path(self.artefacts) if self.artefacts else data_dir() / "artefacts"
+
+    def _connect(self, timeout: float = 120.0) -> duckdb.DuckDBPyConnection:
+        # DuckDB allows one writing process; another step holding the file is waited for, briefly.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return duckdb.connect(self._database())
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def write_table(self, name: str, df: pd.DataFrame, batches: Sequence[str] | None) -> None:
+        batches = _present_batches(df, batches, name)
+        with self._connect() as con:
+            con.register("incoming", _arrow(df))
+            con.begin()
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+            ).fetchone()[0]
+            if batches is None or not exists:
+                con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM incoming')
+            else:
+                con.execute(
+                    f'DELETE FROM "{name}" WHERE {BATCH} IN (SELECT unnest(?::VARCHAR[]))', [list(batches)]
+                )
+                con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM incoming')
+            con.commit()
+
+    def read_table(self, name: str, batches: Sequence[str] | None = None) -> pd.DataFrame:
+        with self._connect() as con:
+            if batches is None:
+                relation = con.sql(f'SELECT * FROM "{name}"')
+            else:
+                relation = con.sql(
+                    f'SELECT * FROM "{name}" WHERE {BATCH} IN (SELECT unnest(?::VARCHAR[]))',
+                    params=[list(batches)],
+                )
+            return relation.to_arrow_table().to_pandas()
+
+    def save_artefact(self, name: str, obj: object) -> None:
+        dump_artefact(obj, self._artefacts() / name)
+
+    def load_artefact(self, name: str) -> object | None:
+        folder = self._artefacts() / name
+        return restore_artefact(folder) if (folder / "manifest.json").exists() else None
+
+    def describe(self) -> str:
+        return f"duckdb:{self._database()}"
+
+
+class S3Storage(Storage):
+    """Parquet tables (one object per batch) and artefact folders under s3://bucket/prefix/."""
+
+    s3: S3Resource
+    bucket: str
+    prefix: str = "instruct-lf"
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
+
+    def _list(self, prefix: str) -> list[str]:
+        client = self.s3.get_client()
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return keys
+
+    def _put_parquet(self, key: str, df: pd.DataFrame) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(_arrow(df), buffer)
+        self.s3.get_client().put_object(Bucket=self.bucket, Key=key, Body=buffer.getvalue())
+
+    def _get_parquet(self, key: str) -> pd.DataFrame:
+        body = self.s3.get_client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return pq.read_table(io.BytesIO(body)).to_pandas()
+
+    def write_table(self, name: str, df: pd.DataFrame, batches: Sequence[str] | None) -> None:
+        batches = _present_batches(df, batches, name)
+        if batches is None:
+            self._put_parquet(self._key("tables", f"{name}.parquet"), df)
+            return
+        for batch in batches:
+            self._put_parquet(self._key("tables", name, f"{batch}.parquet"), df[df[BATCH] == batch])
+
+    def read_table(self, name: str, batches: Sequence[str] | None = None) -> pd.DataFrame:
+        if batches is None:
+            return self._get_parquet(self._key("tables", f"{name}.parquet"))
+        frames = [self._get_parquet(self._key("tables", name, f"{b}.parquet")) for b in batches]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def save_artefact(self, name: str, obj: object) -> None:
+        client = self.s3.get_client()
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / name
+            dump_artefact(obj, folder)
+            stale = set(self._list(self._key("artefacts", name) + "/"))
+            files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+            # The manifest goes last: a reader never sees a manifest without its files.
+            for path in [*files, folder / "manifest.json"]:
+                key = self._key("artefacts", name, path.relative_to(folder).as_posix())
+                client.upload_file(str(path), self.bucket, key)
+                stale.discard(key)
+            for key in stale:
+                client.delete_object(Bucket=self.bucket, Key=key)
+
+    def load_artefact(self, name: str) -> object | None:
+        prefix = self._key("artefacts", name) + "/"
+        keys = self._list(prefix)
+        if prefix + "manifest.json" not in keys:
+            return None
+        client = self.s3.get_client()
+        folder = data_dir() / "s3_cache" / self.bucket / self._key("artefacts", name)
+        shutil.rmtree(folder, ignore_errors=True)
+        for key in keys:
+            target = folder / key[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(self.bucket, key, str(target))
+        return restore_artefact(folder)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+class StorageIOManager(dg.ConfigurableIOManager):
+    """Stores DataFrames as tables and everything else as artefacts, in the environment's `Storage`."""
+
+    storage: Storage
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        name = context.asset_key.to_python_identifier()
+        if isinstance(obj, pd.DataFrame):
+            batches = context.asset_partition_keys if context.has_asset_partitions else None
+            self.storage.write_table(name, obj, batches)
+            context.add_output_metadata({"rows": len(obj), "stored_in": self.storage.describe()})
+        else:
+            self.storage.save_artefact(name, obj)
+            context.add_output_metadata({"stored_in": self.storage.describe()})
+
+    def load_input(self, context: dg.InputContext) -> object:
+        name = context.asset_key.to_python_identifier()
+        if context.dagster_type.typing_type is pd.DataFrame:
+            batches = context.asset_partition_keys if context.has_asset_partitions else None
+            return self.storage.read_table(name, batches)
+        obj = self.storage.load_artefact(name)
+        if obj is None:
+            raise dg.Failure(f"{name} has not been materialised yet: run the discovery job first")
+        return obj

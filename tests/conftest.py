@@ -1,0 +1,123 @@
+"""Shared fixtures: a private data directory for every test, a real S3-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+import instruct_lf_dagster  # noqa: F401  (offline environment defaults)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch) -> Path:
+    """Each test gets its own INSTRUCT_LF_HOME so no test sees another's DuckDB file or artefacts."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("INSTRUCT_LF_HOME", str(home))
+    # Embedded models live in the user's data directory; tests reuse them instead of assembling again.
+    models = Path(os.environ.get("INSTRUCT_LF_MODELS", Path.cwd() / "data" / "models"))
+    if models.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "models").symlink_to(models.resolve())
+    return home
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 (the same boto3 code path as production)."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket on the local S3 server; returns (S3Resource, bucket name)."""
+    import uuid
+
+    from dagster_aws.s3 import S3Resource
+
+    s3 = S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3.get_client().create_bucket(Bucket=bucket)
+    return s3, bucket
+
+
+THEMES = {
+    "laugh": "Comedy genre",
+    "funny": "Comedy genre",
+    "scary": "Horror genre",
+    "ghost": "Supernatural elements",
+    "love": "Romance",
+    "kiss": "Romance",
+    "explosion": "Action scenes",
+    "chase": "Action scenes",
+    "slow": "Slow pacing",
+    "boring": "Slow pacing",
+    "actor": "Strong performances",
+    "brilliant": "Strong performances",
+}
+
+
+class KeywordLLM:
+    """A deterministic fake LLM served through litellm: properties are the themes of keywords in the document.
+
+    Registered as litellm custom provider `keywords`, so the real client, cache and accounting are exercised;
+    `calls` counts what reached the 'model'.
+    """
+
+    def __init__(self):
+        import litellm
+
+        handler = self
+
+        class Handler(litellm.CustomLLM):
+            def completion(self, *args, **kwargs):
+                return handler.answer(kwargs["messages"])
+
+        self.calls = 0
+        self.handler = Handler()
+
+    def answer(self, messages):
+        import json
+
+        import litellm
+
+        self.calls += 1
+        text = messages[-1]["content"].lower()
+        props = sorted({theme for word, theme in THEMES.items() if word in text}) or ["General audience"]
+        return litellm.completion(
+            model="openai/fake", messages=messages, mock_response=json.dumps({"properties": props})
+        )
+
+
+@pytest.fixture
+def keyword_llm():
+    import litellm
+
+    fake = KeywordLLM()
+    previous = list(litellm.custom_provider_map)
+    litellm.custom_provider_map = [p for p in previous if p["provider"] != "keywords"] + [
+        {"provider": "keywords", "custom_handler": fake.handler}
+    ]
+    litellm.utils.custom_llm_setup()
+    yield fake
+    litellm.custom_provider_map = previous
+    litellm.utils.custom_llm_setup()

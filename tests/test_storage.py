@@ -1,0 +1,82 @@
+"""Storage: a real DuckDB file locally and a real S3-compatible server, through the same interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from instruct_lf_dagster.core.vocabulary import Vocabulary
+from instruct_lf_dagster.resources.storage import LocalStorage, S3Storage
+
+
+def _rows(batch: str, n: int, offset: float = 0.0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "batch": batch,
+            "document_id": [f"{batch}-{i}" for i in range(n)],
+            "compatibility": [np.full(3, i + offset, dtype=np.float32) for i in range(n)],
+            "properties": [["a", "b"][: i % 3] for i in range(n)],
+        }
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "artefacts"))
+    s3, bucket = request.getfixturevalue("s3_bucket")
+    return S3Storage(s3=s3, bucket=bucket, prefix="unit")
+
+
+def test_batches_are_replaced_not_duplicated(storage):
+    storage.write_table("compat", _rows("a", 3), ["a"])
+    storage.write_table("compat", _rows("b", 2), ["b"])
+    storage.write_table("compat", _rows("a", 3, offset=10), ["a"])  # re-materialise batch a
+    both = storage.read_table("compat", ["a", "b"]).sort_values("document_id").reset_index(drop=True)
+    assert len(both) == 5
+    assert both["document_id"].tolist() == ["a-0", "a-1", "a-2", "b-0", "b-1"]
+    assert both["compatibility"][0].dtype == np.float32
+    np.testing.assert_array_equal(both["compatibility"][1], np.full(3, 11, dtype=np.float32))
+    assert list(both["properties"][2]) == ["a", "b"]
+    assert storage.read_table("compat", ["b"])["document_id"].tolist() == ["b-0", "b-1"]
+
+
+def test_a_batch_missing_from_the_output_keeps_its_rows(storage):
+    storage.write_table("docs", _rows("a", 2), ["a"])
+    storage.write_table("docs", _rows("b", 1), ["a", "b"])  # batch a failed in this run
+    assert len(storage.read_table("docs", ["a", "b"])) == 3
+
+
+def test_rows_outside_the_run_are_refused(storage):
+    with pytest.raises(ValueError, match="outside this run"):
+        storage.write_table("docs", _rows("z", 1), ["a"])
+
+
+def test_unpartitioned_table_is_replaced(storage):
+    storage.write_table("report", pd.DataFrame({"factor": [0, 1], "property": ["x", "y"]}), None)
+    storage.write_table("report", pd.DataFrame({"factor": [3], "property": ["z"]}), None)
+    assert storage.read_table("report").to_dict("records") == [{"factor": 3, "property": "z"}]
+
+
+def test_artefact_round_trip(storage):
+    assert storage.load_artefact("vocabulary") is None
+    vocab = Vocabulary.fit([["Dark humor", "Slow pacing"], ["dark humor"]])
+    storage.save_artefact("vocabulary", vocab)
+    assert storage.load_artefact("vocabulary") == vocab
+    smaller = Vocabulary.fit([["Only one"]])
+    storage.save_artefact("vocabulary", smaller)
+    assert storage.load_artefact("vocabulary") == smaller
+
+
+def test_unknown_objects_are_not_stored(storage):
+    with pytest.raises(TypeError, match="not a DataFrame or a known artefact"):
+        storage.save_artefact("thing", object())
+
+
+def test_hostile_batch_names_are_bound_not_spliced(tmp_path):
+    storage = LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "a"))
+    evil = "x'); DROP TABLE docs; --"
+    storage.write_table("docs", _rows("ok", 1), ["ok"])
+    storage.write_table("docs", _rows(evil, 1), [evil])
+    assert sorted(storage.read_table("docs", ["ok", evil])["batch"]) == sorted(["ok", evil])
