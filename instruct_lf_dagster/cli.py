@@ -17,14 +17,23 @@ BENCHMARKS = {
 }
 
 
+def _bench(args: argparse.Namespace) -> dict:
+    # Benchmark modules import torch and friends: load only the one asked for.
+    module = importlib.import_module(BENCHMARKS[args.benchmark])
+    parser = argparse.ArgumentParser(prog=f"instruct-lf bench {args.benchmark}", description=module.__doc__)
+    module.add_arguments(parser)
+    return module.main(parser.parse_args(args.options))
+
+
 def _bench_parsers(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: print a table and a final JSON line")
-    kinds = bench.add_subparsers(dest="benchmark", required=True)
-    for name, module in BENCHMARKS.items():
-        mod = importlib.import_module(module)
-        parser = kinds.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
-        mod.add_arguments(parser)
-        parser.set_defaults(func=mod.main)
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: print a table and a final JSON line",
+        description="Benchmarks; `instruct-lf bench NAME --help` lists a benchmark's options.",
+    )
+    bench.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(func=_bench)
 
 
 def _model_parsers(sub: argparse._SubParsersAction) -> None:

@@ -99,7 +99,9 @@ def linker(
         patience=config.patience,
         val_fraction=config.val_fraction,
         seed=config.seed,
-        progress=lambda message: context.log.info(f"linker: {message}"),
+        progress=lambda epoch, train, val: context.log.info(
+            f"linker: epoch {epoch} train loss {train:.4f} validation loss {val if val is None else round(val, 4)}"
+        ),
     )
     context.add_output_metadata(
         {
