@@ -1,7 +1,5 @@
 """Jobs, the inbox sensor and the discovery schedule."""
 
-from __future__ import annotations
-
 import os
 
 import dagster as dg

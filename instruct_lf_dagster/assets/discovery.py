@@ -1,7 +1,5 @@
 """Discovery over all batches: vocabulary -> linker -> latent factors -> factor report."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 import dagster as dg
@@ -137,6 +135,11 @@ def stack_compatibility(compatibility: pd.DataFrame, width: int) -> np.ndarray:
     return np.stack(compatibility["compatibility"].to_numpy()).astype(np.float32)
 
 
+def ranked(factors: Factors) -> list[int]:
+    """Non-empty factors, strongest (total mutual information with their properties) first."""
+    return sorted(factors.nonempty(), key=lambda k: (-factors.strength(k), k))
+
+
 @dg.asset(group_name="discovery", kinds={"pytorch"})
 def latent_factors(
     context: dg.AssetExecutionContext,
@@ -145,12 +148,15 @@ def latent_factors(
     vocabulary: Vocabulary,
     compute: ComputeResource,
     storage: Storage,
-) -> LinearCorex:
+) -> Factors:
     """Linear CorEx fitted on the compatibility rows of every batch: properties grouped into latent factors."""
     x = stack_compatibility(compatibility, len(vocabulary))
     n_factors = config.n_factors or int(np.clip(len(vocabulary) // 8, 2, 368))
     previous = storage.load_artefact("latent_factors") if config.warm_start else None
-    warm = previous if isinstance(previous, LinearCorex) and previous.n_factors == n_factors else None
+    # A refit after new data starts from the last weights: known properties keep their columns.
+    warm = (
+        previous.warm_start(vocabulary.properties) if previous and previous.n_factors == n_factors else None
+    )
     context.log.info(
         f"fitting Linear CorEx: {x.shape[0]} documents x {x.shape[1]} properties -> {n_factors} factors"
         + (" (warm start)" if warm is not None else "")
@@ -163,47 +169,51 @@ def latent_factors(
         max_iter=config.max_iter,
         threads=compute.thread_count(),
     ).fit(x, warm_start=warm)
-    factors = Factors.from_corex(corex, vocabulary.properties)
+    factors = Factors(corex, vocabulary.properties)
     context.add_output_metadata(
         {
             "documents": x.shape[0],
             "properties": x.shape[1],
             "factors": n_factors,
-            "non_empty_factors": len(factors.ranked()),
+            "non_empty_factors": len(factors.nonempty()),
             "objective": float(corex.objective_),
             "iterations": int(corex.n_iter_),
             "warm_start": warm is not None,
             "top_factors": dg.MetadataValue.md(factors.describe(top=10)),
         }
     )
-    return corex
+    return factors
 
 
 @dg.asset_check(
     asset=latent_factors, blocking=True, description="Every property belongs to exactly one factor."
 )
-def every_property_assigned(latent_factors: LinearCorex, vocabulary: Vocabulary) -> dg.AssetCheckResult:
-    clusters = latent_factors.clusters()
-    ok = len(clusters) == len(vocabulary) and bool(
-        ((clusters >= 0) & (clusters < latent_factors.n_factors)).all()
+def every_property_assigned(latent_factors: Factors) -> dg.AssetCheckResult:
+    unassigned = [
+        p for p, k in zip(latent_factors.properties, latent_factors.assignment, strict=True) if k < 0
+    ]
+    return dg.AssetCheckResult(
+        passed=not unassigned,
+        metadata={
+            "properties": len(latent_factors.properties),
+            "unassigned": ", ".join(unassigned) or "none",
+        },
     )
-    return dg.AssetCheckResult(passed=ok, metadata={"properties": len(vocabulary), "assigned": len(clusters)})
 
 
 @dg.asset(group_name="discovery", kinds={"duckdb"})
-def factor_report(
-    context: dg.AssetExecutionContext, latent_factors: LinearCorex, vocabulary: Vocabulary
-) -> pd.DataFrame:
+def factor_report(context: dg.AssetExecutionContext, latent_factors: Factors) -> pd.DataFrame:
     """Each factor's properties, ordered by mutual information: the readable result of discovery."""
-    factors = Factors.from_corex(latent_factors, vocabulary.properties)
-    table = factors.to_frame()
-    ranked = factors.ranked()[:20]
-    columns = list(dict.fromkeys(j for k in ranked for j in factors.member_indices(k)[:3]))
+    top = ranked(latent_factors)[:20]
+    column = {p: j for j, p in enumerate(latent_factors.properties)}
+    columns = list(dict.fromkeys(column[p] for k in top for p, _ in latent_factors.members(k)[:3]))
     context.add_output_metadata(
         {
-            "factors": len(factors.ranked()),
-            "top_factors": dg.MetadataValue.md(factors.describe(top=10)),
-            "heatmap": display.heatmap(latent_factors.mis, ranked, columns, vocabulary.properties),
+            "factors": len(latent_factors.nonempty()),
+            "top_factors": dg.MetadataValue.md(latent_factors.describe(top=10)),
+            "heatmap": display.heatmap(
+                latent_factors.model.mis, top, columns, list(latent_factors.properties)
+            ),
         }
     )
-    return table
+    return latent_factors.to_frame()

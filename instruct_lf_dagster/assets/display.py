@@ -1,7 +1,5 @@
 """What the Dagster UI shows of factors: Markdown tables and PNG plots as metadata."""
 
-from __future__ import annotations
-
 import base64
 import io
 

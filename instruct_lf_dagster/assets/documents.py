@@ -1,7 +1,5 @@
 """Documents: each inbox file (a batch) read into rows of text, with bad input reported, never silently lost."""
 
-from __future__ import annotations
-
 import io
 import json
 

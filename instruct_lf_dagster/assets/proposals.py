@@ -1,7 +1,5 @@
 """Proposals: the LLM describes each document with goal-related properties (step 1a)."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 import dagster as dg
@@ -31,7 +29,7 @@ class GoalConfig(dg.Config):
     goal: str = Field(default=DEMO_GOAL, description="what the factors are for, in plain words")
     document_kind: str = Field(default="movie review snippet", description="what one document is")
     examples: list[ExampleConfig] = Field(
-        default=[ExampleConfig(document=DEMO_EXAMPLE[0], properties=DEMO_EXAMPLE[1])],
+        default=[{"document": DEMO_EXAMPLE[0], "properties": DEMO_EXAMPLE[1]}],
         description="worked examples: small models need one to propose properties rather than names",
     )
     truncation: Literal["head", "tail"] = Field(

@@ -1,16 +1,13 @@
 """Per batch, with the current linker and factors: the compatibility matrix and document factor scores."""
 
-from __future__ import annotations
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.assets import display
-from instruct_lf_dagster.assets.discovery import stack_compatibility
+from instruct_lf_dagster.assets.discovery import ranked, stack_compatibility
 from instruct_lf_dagster.core.compatibility import EmbeddingCache
 from instruct_lf_dagster.core.compatibility import compatibility as compatibility_matrix
-from instruct_lf_dagster.core.corex import LinearCorex
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.core.paths import data_dir
@@ -72,47 +69,49 @@ STRONG = 1.0  # a factor score this many standard deviations from the mean count
     partitions_def=batches, backfill_policy=single_run, group_name="batches", pool="duckdb", kinds={"duckdb"}
 )
 def document_factors(
-    context: dg.AssetExecutionContext,
-    compatibility: pd.DataFrame,
-    latent_factors: LinearCorex,
-    vocabulary: Vocabulary,
+    context: dg.AssetExecutionContext, compatibility: pd.DataFrame, latent_factors: Factors
 ) -> pd.DataFrame:
     """Each document's score on every factor, its strongest factor, and the properties that explain it."""
-    x = stack_compatibility(compatibility, len(vocabulary))
-    factors = Factors.from_corex(latent_factors, vocabulary.properties)
-    scores = latent_factors.transform(x)
-    top = np.abs(scores).argmax(axis=1)
-    evidence = factors.evidence(x, top_factors=1, top_properties=3)
+    x = stack_compatibility(compatibility, len(latent_factors.properties))
+    scores = latent_factors.scores(x)
+    evidence = [entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)]
     out = pd.DataFrame(
         {
             "batch": compatibility["batch"].to_numpy(),
             "document_id": compatibility["document_id"].to_numpy(),
             "scores": list(scores.astype(np.float32)),
-            "top_factor": top.astype(np.int32),
-            "evidence": ["; ".join(e) for e in evidence],
+            "top_factor": [e["factor"] if e else -1 for e in evidence],
+            "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
         }
     )
-    ranked = factors.ranked()[:15]
+    top = ranked(latent_factors)[:15]
     shares = {
-        batch: np.array([(group["top_factor"] == k).mean() for k in ranked])
+        batch: np.array([(group["top_factor"] == k).mean() for k in top])
         for batch, group in out.groupby("batch", sort=True)
     }
     context.add_output_metadata(
         {
             "documents": len(out),
-            "coverage": float((np.abs(scores) >= STRONG).any(axis=1).mean()) if len(out) else 0.0,
-            "prevalence": display.prevalence(shares, [f"factor {k}" for k in ranked]),
+            "coverage": coverage(scores),
+            "prevalence": display.prevalence(shares, [f"factor {k}" for k in top]),
+            "preview": dg.MetadataValue.md(
+                out[["document_id", "top_factor", "evidence"]].head(8).to_markdown(index=False)
+            ),
         }
     )
     return out
 
 
+def coverage(scores: np.ndarray) -> float:
+    """Share of documents with at least one strong factor score."""
+    return float((np.abs(scores) >= STRONG).any(axis=1).mean()) if len(scores) else 0.0
+
+
 @dg.asset_check(asset=document_factors, description="Share of documents with at least one strong factor.")
 def factor_coverage(document_factors: pd.DataFrame) -> dg.AssetCheckResult:
-    strong = [bool((np.abs(np.asarray(s)) >= STRONG).any()) for s in document_factors["scores"]]
-    coverage = float(np.mean(strong)) if strong else 0.0
+    share = coverage(np.stack(document_factors["scores"].to_numpy())) if len(document_factors) else 0.0
     return dg.AssetCheckResult(
-        passed=coverage >= 0.5,
+        passed=share >= 0.5,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"coverage": coverage, "strong_score": STRONG},
+        metadata={"coverage": share, "strong_score": STRONG},
     )

@@ -1,7 +1,5 @@
 """The compute resource: which device and how many threads the method uses, and its batch sizes."""
 
-from __future__ import annotations
-
 import os
 
 import dagster as dg

@@ -1,7 +1,5 @@
 """The inbox: where document files arrive. Each file is one batch (one partition)."""
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """The LLM resource: which model answers, where, at what budget, and where its responses are cached."""
 
-from __future__ import annotations
-
 import dagster as dg
 from pydantic import Field
 

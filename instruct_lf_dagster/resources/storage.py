@@ -5,8 +5,6 @@ rows, so re-materialising is idempotent. Artefacts (vocabulary, linker, Linear C
 `save` methods into a folder with a small manifest: no pickle anywhere.
 """
 
-from __future__ import annotations
-
 import io
 import json
 import shutil
@@ -30,14 +28,14 @@ BATCH = "batch"
 
 def _artefact_kinds() -> dict[str, tuple[type, str]]:
     """Artefact kind -> (class with save/load, file or folder name inside the artefact folder)."""
-    from instruct_lf_dagster.core.corex import LinearCorex
+    from instruct_lf_dagster.core.factors import Factors
     from instruct_lf_dagster.core.linker import Linker
     from instruct_lf_dagster.core.vocabulary import Vocabulary
 
     return {
         "vocabulary": (Vocabulary, "vocabulary.json"),
         "linker": (Linker, "linker"),
-        "corex": (LinearCorex, "corex.safetensors"),
+        "factors": (Factors, "factors"),
     }
 
 
