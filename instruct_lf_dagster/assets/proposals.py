@@ -23,6 +23,11 @@ class ExampleConfig(dg.Config):
     properties: list[str]
 
 
+def _example(value: ExampleConfig | dict) -> ExampleConfig:
+    # Dagster keeps a field's default as given (plain data, so the launchpad can show it).
+    return value if isinstance(value, ExampleConfig) else ExampleConfig(**value)
+
+
 class GoalConfig(dg.Config):
     """The goal the factors must serve, and how documents are shown to the LLM."""
 
@@ -41,7 +46,7 @@ class GoalConfig(dg.Config):
         return Goal(
             text=self.goal,
             document_kind=self.document_kind,
-            examples=tuple(Example(e.document, tuple(e.properties)) for e in self.examples),
+            examples=tuple(Example(e.document, tuple(e.properties)) for e in map(_example, self.examples)),
             max_document_chars=self.max_document_chars,
             truncation=self.truncation,
         )

@@ -1,0 +1,152 @@
+"""Embedded LLM speed: per-document latency of property proposals against the model's measured rates.
+
+Each document is one chat request: a fixed system prompt and one worked example (the shared prefix, kept in
+llama.cpp's KV cache after the first document) followed by the document, with JSON-schema constrained output,
+sent through the real `LLMClient` (litellm -> provider `llamacpp`) with a fresh DuckDB response cache.
+
+The limit of a document is what the model's raw speed allows for the tokens it actually processed:
+    limit = (prompt tokens not in the KV cache) / read_rate + (completion tokens) / decode_rate
+The first document pays for reading the prefix; later ones read only their own tokens (token counts from
+`local_models.counters()`). read_rate and decode_rate (tokens/s) are measured in the same process just before
+and just after the documents, then averaged; each measurement is the best of two runs of a 256-token prompt
+read from an empty cache followed by 48 greedy tokens. seconds_per_doc is the wall time of
+`LLMClient.complete` per document (cache lookups, litellm, chat template, grammar sampling included), and
+ratio_to_limit = seconds_per_doc / limit_seconds_per_doc. Then the same documents are asked again through a
+new client on the same cache file: rerun_calls counts the calls that reached the model (should be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from instruct_lf_dagster.core import local_models
+from instruct_lf_dagster.core.llm import LLMClient, ResponseCache
+
+SYSTEM = (
+    "You analyse movie reviews for a movie recommender. Goal: find what decides which movie this viewer "
+    "should be recommended next. For the review you are given, list 3 to 5 short properties of the movies "
+    "or of the viewer's taste that matter for that goal: genre, mood, pacing, setting, era, audience, "
+    "themes, standout performances, or things the viewer dislikes. Each property is a short noun phrase of "
+    "2 to 5 words, general enough to apply to other movies. Never name movie titles or actors. "
+    "Answer with JSON only."
+)
+EXAMPLE_REVIEW = (
+    "Review: I loved how slowly it builds. The space station feels lonely and the soundtrack is mostly "
+    "silence. Not for anyone who wants action, but the ending made me cry."
+)
+EXAMPLE_ANSWER = json.dumps(
+    {
+        "properties": [
+            "Slow-burn pacing",
+            "Isolated space setting",
+            "Minimalist soundtrack",
+            "Emotional ending",
+        ]
+    }
+)
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "properties": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 5}
+    },
+    "required": ["properties"],
+}
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "properties", "schema": SCHEMA}}
+MAX_TOKENS = 96
+
+DOCUMENTS = [
+    "Review: Loud, fast and silly. The car chases are great and I laughed the whole time with my brother.",
+    "Review: A gentle romance in Paris with witty dialogue. Perfect for a rainy Sunday with my partner.",
+    "Review: I could not sleep after this haunted house story. The jump scares are cheap but they work.",
+    "Review: My kids watched it three times. Talking animals, bright colours and songs we still sing.",
+    "Review: A courtroom drama that is all dialogue. Slow, but the final testimony is stunning.",
+    "Review: Gritty war film, hard to watch. The battle scenes feel real and the story never glorifies it.",
+    "Review: A heist comedy with a clever twist. Stylish, quick, and it never takes itself seriously.",
+    "Review: Beautiful documentary about whales. Calm narration, amazing underwater footage, a bit long.",
+    "Review: A superhero sequel that is too long and too loud. I missed the humour of the first one.",
+    "Review: Black-and-white detective story from the forties. Smoky bars, sharp lines, a cynical hero.",
+    "Review: An indie coming-of-age film about a summer job. Awkward, honest and very funny in places.",
+    "Review: A mind-bending time travel plot. I needed a second viewing, and I loved every minute.",
+]
+
+
+def messages_for(document: str) -> list[dict]:
+    """The chat request of one document: shared prefix (system prompt, worked example), then the document."""
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": EXAMPLE_REVIEW},
+        {"role": "assistant", "content": EXAMPLE_ANSWER},
+        {"role": "user", "content": document},
+    ]
+
+
+def _warm_up(model: str) -> None:
+    """Pay the one-time costs (litellm import and first call, model load) before anything is timed."""
+    import litellm
+
+    local_models.register()
+    litellm.completion(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=local_models.DEFAULT_MODEL, help="embedded model name or .gguf path"
+    )
+    parser.add_argument("--docs", type=int, default=8, help=f"documents to run (at most {len(DOCUMENTS)})")
+
+
+def main(args: argparse.Namespace) -> dict:
+    documents = DOCUMENTS[: max(1, min(args.docs, len(DOCUMENTS)))]
+    model = f"{local_models.PROVIDER}/{args.model}"
+    _warm_up(model)
+    before = local_models.measure_rates(args.model)  # also empties the KV cache: the first document reads all
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "responses.duckdb"
+        client = LLMClient(model, temperature=0.0, max_tokens=MAX_TOKENS, seed=0, cache=ResponseCache(cache))
+        runs = []
+        for index, document in enumerate(documents):
+            counted = local_models.counters()
+            start = time.perf_counter()
+            [completion], _ = client.complete([messages_for(document)], response_format=RESPONSE_FORMAT)
+            runs.append((time.perf_counter() - start, local_models.counters() - counted, completion.text))
+            if not completion.ok:
+                raise RuntimeError(f"document {index}: {completion.error}")
+        _, rerun = LLMClient(
+            model, temperature=0.0, max_tokens=MAX_TOKENS, seed=0, cache=ResponseCache(cache)
+        ).complete([messages_for(document) for document in documents], response_format=RESPONSE_FORMAT)
+    after = local_models.measure_rates(args.model)
+    # Rates measured on both sides of the run, so that a change of machine load biases neither way.
+    read, decode = (before.read + after.read) / 2, (before.decode + after.decode) / 2
+
+    print(f"model {args.model}: read {read:.1f} tokens/s, decode {decode:.1f} tokens/s (measured)")
+    # Other processes on the same cores slow some documents and not others: say how busy the machine was.
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    # seconds: LLMClient.complete; in model: inside the provider (chat template, llama.cpp, grammar).
+    header = f"{'doc':>3} {'prompt':>6} {'cached':>6} {'read':>5} {'out':>4} {'seconds':>7} {'in model':>8}"
+    print(f"{header} {'limit':>6} {'ratio':>5}")
+    seconds = limits = 0.0
+    for index, (took, done, text) in enumerate(runs):
+        limit = done.read_tokens / read + done.completion_tokens / decode
+        seconds, limits = seconds + took, limits + limit
+        print(
+            f"{index:>3} {done.prompt_tokens:>6} {done.cached_tokens:>6} {done.read_tokens:>5} "
+            f"{done.completion_tokens:>4} {took:>7.2f} {done.seconds:>8.2f} {limit:>6.2f} {took / limit:>5.2f}  {text}"
+        )
+    print(f"rerun: {rerun.calls} model calls, {rerun.cache_hits} cache hits, {rerun.seconds:.3f}s")
+
+    result = {
+        "model": args.model,
+        "docs": len(documents),
+        "seconds_per_doc": round(seconds / len(documents), 3),
+        "limit_seconds_per_doc": round(limits / len(documents), 3),
+        "ratio_to_limit": round(seconds / limits, 3),
+        "rerun_calls": rerun.calls,
+    }
+    print(json.dumps(result))
+    return result

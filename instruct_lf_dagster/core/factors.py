@@ -1,0 +1,155 @@
+"""Factors: a fitted Linear CorEx read as clusters of properties, and documents scored on them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from instruct_lf_dagster.core.corex import LinearCorex
+
+
+@dataclass(frozen=True)
+class Factors:
+    """The factors of a fitted `LinearCorex` over `properties` (the columns it was fitted on, in order).
+
+    Each property belongs to the factor with which it shares the most mutual information (argmax MI); a factor is
+    shown as its properties ordered by MI. Factor indices are the model's rows and stay stable: factors that
+    received no property are left out of every listing but keep their index (and their column in `scores`).
+    """
+
+    model: LinearCorex
+    properties: tuple[str, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "properties", tuple(self.properties))
+        if len(self.properties) != self.model.w_.shape[1]:
+            raise ValueError(
+                f"{len(self.properties)} properties for a model of {self.model.w_.shape[1]} columns"
+            )
+
+    @cached_property
+    def assignment(self) -> np.ndarray:
+        """Factor of each property (P,); -1 for properties constant in training."""
+        return self.model.clusters()
+
+    @cached_property
+    def _members(self) -> dict[int, list[int]]:
+        mis = self.model.mis
+        members: dict[int, list[int]] = {}
+        for j in np.argsort(-mis.max(0), kind="stable"):
+            if self.assignment[j] >= 0:
+                members.setdefault(int(self.assignment[j]), []).append(int(j))
+        return dict(sorted(members.items()))
+
+    @cached_property
+    def _signs(self) -> np.ndarray:
+        """+1 or -1 per factor so that its members' weights sum positive: a high score then means "has them"."""
+        signs = np.ones(self.model.w_.shape[0])
+        for k, cols in self._members.items():
+            signs[k] = 1.0 if self.model.w_[k, cols].sum() >= 0 else -1.0
+        return signs
+
+    @property
+    def n_factors(self) -> int:
+        return self.model.w_.shape[0]
+
+    def nonempty(self) -> list[int]:
+        """Indices of the factors that hold at least one property, ascending."""
+        return list(self._members)
+
+    def members(self, k: int) -> list[tuple[str, float]]:
+        """Properties of factor k with their MI, highest MI first (empty for an empty factor)."""
+        return [(self.properties[j], float(self.model.mis[k, j])) for j in self._members.get(k, [])]
+
+    def strength(self, k: int) -> float:
+        """Total MI between factor k and its properties: how much it explains; used to rank factors."""
+        return float(sum(mi for _, mi in self.members(k)))
+
+    def scores(self, compatibility: np.ndarray) -> np.ndarray:
+        """Factor scores (n, m) of documents given their compatibility rows (n, P): the model's transform."""
+        return self.model.transform(compatibility)
+
+    def evidence(
+        self, compatibility_rows: np.ndarray, top_factors: int = 3, top_properties: int = 3
+    ) -> list[list[dict]]:
+        """Why each document scores as it does: its top factors and the properties that push them up.
+
+        A document's score on factor k is sum_j x_j W_kj over all properties (x standardised). Factors are ranked by
+        the score oriented so that high means "has this factor's properties" (see `_signs`), and each is explained
+        by the member properties j with the largest contribution x_j * W_kj (oriented likewise): properties the
+        document matches more than the average document does, weighted by how much the factor relies on them.
+        Returns, per document, [{"factor", "score", "properties": [(property, contribution), ...]}, ...].
+        """
+        rows = np.atleast_2d(compatibility_rows)
+        x = self.model.standardise(rows)
+        oriented = (x @ self.model.w_.T) * self._signs
+        candidates = np.array(self.nonempty(), dtype=int)
+        result = []
+        for i in range(len(x)):
+            best = candidates[np.argsort(-oriented[i, candidates], kind="stable")[:top_factors]]
+            entries = []
+            for k in best:
+                cols = np.array(self._members[int(k)])
+                contribution = x[i, cols] * self.model.w_[k, cols] * self._signs[k]
+                order = np.argsort(-contribution, kind="stable")[:top_properties]
+                entries.append(
+                    {
+                        "factor": int(k),
+                        "score": float(oriented[i, k]),
+                        "properties": [(self.properties[cols[o]], float(contribution[o])) for o in order],
+                    }
+                )
+            result.append(entries)
+        return result
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per assigned property: factor, rank (1 = highest MI in its factor), property, mi."""
+        rows = [
+            (k, rank, prop, mi)
+            for k in self.nonempty()
+            for rank, (prop, mi) in enumerate(self.members(k), start=1)
+        ]
+        return pd.DataFrame(rows, columns=["factor", "rank", "property", "mi"]).astype(
+            {"factor": "int64", "rank": "int64", "property": "string", "mi": "float64"}
+        )
+
+    def describe(self, top: int = 5, properties: int = 5) -> str:
+        """A markdown table of the `top` strongest factors (total MI), each with its first `properties` members."""
+        ranked = sorted(self.nonempty(), key=lambda k: -self.strength(k))[:top]
+        lines = ["| factor | size | properties (MI) |", "|---:|---:|---|"]
+        for k in ranked:
+            shown = "; ".join(
+                f"{prop.replace('|', '/')} ({mi:.2f})" for prop, mi in self.members(k)[:properties]
+            )
+            lines.append(f"| {k} | {len(self.members(k))} | {shown} |")
+        return "\n".join(lines)
+
+    def warm_start(self, properties: Sequence[str]) -> np.ndarray:
+        """Weights (m, len(properties)) to warm-start a refit on a new property list: each known property keeps
+        its column of W, new properties start at 0."""
+        index = {prop: j for j, prop in enumerate(self.properties)}
+        w = np.zeros((self.n_factors, len(properties)), dtype=np.float32)
+        for new, prop in enumerate(properties):
+            if prop in index:
+                w[:, new] = self.model.w_[:, index[prop]]
+        return w
+
+    def save(self, path: str | Path) -> None:
+        """Write to the folder `path`: the model (corex.safetensors) and the properties (properties.json)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save(path / "corex.safetensors")
+        (path / "properties.json").write_text(json.dumps(list(self.properties), ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Factors:
+        """Read factors written by `save`."""
+        path = Path(path)
+        properties = json.loads((path / "properties.json").read_text())
+        return cls(LinearCorex.load(path / "corex.safetensors"), properties)

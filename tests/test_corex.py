@@ -1,0 +1,149 @@
+"""Linear CorEx: parity with the reference package, determinism, standardisation, storage, warm start, bad input."""
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from instruct_lf_dagster.bench.corex import planted, reference_weights
+from instruct_lf_dagster.core.corex import LinearCorex, fit_hierarchy, objective
+
+N, P, M = 300, 60, 4
+FAST = {"threads": 1}  # one thread: robust on a busy machine, and fast enough at this size
+
+
+@pytest.fixture(scope="module")
+def data():
+    return planted(N, P, M, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return LinearCorex(M, 0.0, seed=0, **FAST).fit(data[0])
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    with contextlib.redirect_stdout(io.StringIO()):
+        import linearcorex.linearcorex as ref
+    return ref.Corex(n_hidden=M, seed=0).fit(data[0])
+
+
+def standardised(x):
+    return (x - x.mean(0)) / x.std(0)
+
+
+def test_objective_scores_the_reference_as_its_tc(data, reference):
+    x_std = standardised(data[0].astype(np.float64))
+    value = objective(x_std, reference_weights(reference.ws, x_std))
+    assert value == pytest.approx(-reference.tc, rel=1e-4)
+
+
+def test_parity_with_reference_package(data, model, reference):
+    x, groups = data
+    assert adjusted_rand_score(groups, model.clusters()) >= 0.9
+    assert adjusted_rand_score(groups, reference.mis.argmax(0)) >= 0.9
+    x_std = standardised(x.astype(np.float64))
+    ours, ref = objective(x_std, model.w_), objective(x_std, reference_weights(reference.ws, x_std))
+    assert ours <= ref + 0.01 * abs(ref)  # lower is better: no more than 1% worse
+    assert model.objective_ == pytest.approx(ours, rel=1e-4)
+
+
+def test_same_seed_same_result_other_seed_other_weights(data):
+    x = data[0]
+    first = LinearCorex(M, 0.5, seed=3, threads=1, max_iter=60).fit(x)
+    again = LinearCorex(M, 0.5, seed=3, threads=1, max_iter=60).fit(x)
+    other = LinearCorex(M, 0.5, seed=4, threads=1, max_iter=60).fit(x)
+    np.testing.assert_array_equal(first.w_, again.w_)
+    np.testing.assert_array_equal(first.clusters(), again.clusters())
+    assert first.n_iter_ == again.n_iter_
+    assert not np.allclose(first.w_, other.w_)
+
+
+def test_shapes_and_ranges(data, model):
+    x = data[0]
+    assert model.w_.shape == (M, P) and model.mis.shape == (M, P)
+    assert (model.mis >= 0).all()
+    labels = model.clusters()
+    assert labels.shape == (P,) and labels.min() >= 0 and labels.max() < M
+    np.testing.assert_array_equal(labels, model.mis.argmax(0))
+    assert model.transform(x).shape == (N, M)
+    assert model.n_iter_ == sum(stage["steps"] for stage in model.history_)
+    assert [stage["eps"] for stage in model.history_][-1] == 0.0 and len(model.history_) == 7
+
+
+def test_transform_uses_training_standardisation(data, model):
+    x = data[0]
+    few = x[:5] + 1.0  # a different mean: standardising these rows by themselves would erase the shift
+    expected = ((few - x.mean(0)) / x.std(0)) @ model.w_.T
+    np.testing.assert_allclose(model.transform(few), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.transform(x[:5]), model.transform(x)[:5], rtol=1e-6)
+    with pytest.raises(ValueError, match="columns"):
+        model.transform(x[:, :-1])
+
+
+def test_save_load_round_trip(tmp_path, data, model):
+    path = tmp_path / "corex.safetensors"
+    model.save(path)
+    loaded = LinearCorex.load(path)
+    np.testing.assert_array_equal(loaded.transform(data[0]), model.transform(data[0]))
+    np.testing.assert_array_equal(loaded.clusters(), model.clusters())
+    assert (loaded.n_factors, loaded.l1, loaded.seed, loaded.max_iter) == (M, 0.0, 0, 1000)
+    assert loaded.objective_ == model.objective_ and loaded.history_ == model.history_
+    assert not (tmp_path / "corex.pkl").exists() and path.read_bytes()[:8]  # one safetensors file
+
+
+def test_warm_start_converges_in_fewer_iterations(data, model):
+    x = data[0] + 0.05 * np.random.default_rng(7).standard_normal(data[0].shape).astype(np.float32)
+    cold = LinearCorex(M, 0.0, seed=5, **FAST).fit(x)
+    warm = LinearCorex(M, 0.0, seed=5, **FAST).fit(x, warm_start=model)
+    assert warm.n_iter_ < cold.n_iter_
+    assert len(warm.history_) == 1  # a warm start skips annealing
+    assert warm.objective_ <= cold.objective_ + 0.01 * abs(cold.objective_)
+    from_array = LinearCorex(M, 0.0, seed=5, **FAST).fit(x, warm_start=model.w_)
+    np.testing.assert_array_equal(from_array.w_, warm.w_)
+
+
+def test_warm_start_of_another_shape_falls_back_to_random_init(data, model):
+    x = data[0][:, :-3]
+    with pytest.warns(UserWarning, match="random init"):
+        refit = LinearCorex(M, 0.0, seed=0, threads=1, max_iter=60).fit(x, warm_start=model)
+    assert refit.w_.shape == (M, P - 3) and len(refit.history_) == 7
+
+
+def test_constant_columns_are_handled(data):
+    x = data[0].copy()
+    x[:, 7] = 3.0
+    fitted = LinearCorex(M, 0.0, seed=0, threads=1, max_iter=60).fit(x)
+    assert fitted.clusters()[7] == -1
+    assert (fitted.mis[:, 7] == 0).all() and np.isfinite(fitted.objective_)
+    scores = fitted.transform(x)
+    assert np.isfinite(scores).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by zero on transform either
+        fitted.transform(x[:3])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf_are_refused(data, model, bad):
+    x = data[0].copy()
+    x[4, 2] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        LinearCorex(M, seed=0, threads=1).fit(x)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.transform(x)
+
+
+def test_l1_shrinks_weights(data):
+    dense, sparse = (LinearCorex(M, l1, seed=0, threads=1, max_iter=100).fit(data[0]) for l1 in (0.0, 0.9))
+    assert np.abs(sparse.w_).sum() < 0.5 * np.abs(dense.w_).sum()
+
+
+def test_hierarchy_stacks_layers(data):
+    layers = fit_hierarchy(data[0], [M, 2], l1=0.0, seed=0, threads=1, max_iter=60)
+    assert [layer.w_.shape for layer in layers] == [(M, P), (2, M)]
+    top = layers[1].transform(layers[0].transform(data[0]))
+    assert top.shape == (N, 2)
