@@ -1,39 +1,54 @@
-"""The `instruct-lf` command line: run the pipeline, manage embedded models, run benchmarks."""
+"""The `instruct-lf` command line: run the pipeline, manage embedded models, run benchmarks and evaluations."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import logging
 import sys
 
 import instruct_lf_dagster  # noqa: F401  (sets offline environment defaults before litellm loads)
 
-# Each benchmark module exposes add_arguments(parser) and main(args) -> dict (it prints a table and a JSON line).
+# Each benchmark or evaluation module exposes add_arguments(parser) and main(args) -> dict (it prints a table
+# and a final JSON line). They import torch and friends: only the one asked for is loaded.
 BENCHMARKS = {
     "corex": "instruct_lf_dagster.bench.corex",
     "compatibility": "instruct_lf_dagster.bench.compatibility",
     "llm": "instruct_lf_dagster.bench.llm",
 }
+EVALUATIONS = {
+    "inspired": "instruct_lf_dagster.evaluation.inspired",
+    "probe": "instruct_lf_dagster.evaluation.probe",
+    "next-action": "instruct_lf_dagster.evaluation.next_action",
+}
 
 
-def _bench(args: argparse.Namespace) -> dict:
-    # Benchmark modules import torch and friends: load only the one asked for.
-    module = importlib.import_module(BENCHMARKS[args.benchmark])
-    parser = argparse.ArgumentParser(prog=f"instruct-lf bench {args.benchmark}", description=module.__doc__)
-    module.add_arguments(parser)
-    return module.main(parser.parse_args(args.options))
+def _table_command(command: str, modules: dict[str, str]):
+    def run(args: argparse.Namespace) -> dict:
+        # Progress goes to stderr, so stdout stays the table and the JSON line.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        module = importlib.import_module(modules[args.name])
+        parser = argparse.ArgumentParser(prog=f"instruct-lf {command} {args.name}", description=module.__doc__)
+        module.add_arguments(parser)
+        return module.main(parser.parse_args(args.options))
+
+    return run
 
 
-def _bench_parsers(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser(
-        "bench",
-        help="benchmarks: print a table and a final JSON line",
-        description="Benchmarks; `instruct-lf bench NAME --help` lists a benchmark's options.",
-    )
-    bench.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
-    bench.set_defaults(func=_bench)
+def _table_parsers(sub: argparse._SubParsersAction) -> None:
+    for command, modules, help_text in [
+        ("bench", BENCHMARKS, "benchmarks: print a table and a final JSON line"),
+        ("eval", EVALUATIONS, "the paper's evaluations with baselines: print a table and a final JSON line"),
+    ]:
+        parser = sub.add_parser(
+            command,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}. `instruct-lf {command} NAME --help` lists its options.",
+        )
+        parser.add_argument("name", choices=sorted(modules))
+        parser.add_argument("options", nargs=argparse.REMAINDER, help="its own options")
+        parser.set_defaults(func=_table_command(command, modules))
 
 
 def _model_parsers(sub: argparse._SubParsersAction) -> None:
@@ -125,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parsers(sub)
     _model_parsers(sub)
-    _bench_parsers(sub)
+    _table_parsers(sub)
     return parser
 
 
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `instruct-lf`."""
     args = build_parser().parse_args(argv)
     result = args.func(args)
-    if isinstance(result, dict) and args.command != "bench":
+    if isinstance(result, dict) and args.command not in ("bench", "eval"):
         print(json.dumps(result))
     return result if isinstance(result, int) else 0
 

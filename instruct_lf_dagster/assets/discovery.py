@@ -12,6 +12,7 @@ from instruct_lf_dagster.core.corex import LinearCorex
 from instruct_lf_dagster.core.encoder import load_encoder
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
+from instruct_lf_dagster.core.pipeline import auto_factors
 from instruct_lf_dagster.core.vocabulary import Vocabulary
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.storage import Storage
@@ -106,7 +107,7 @@ def linker(
             "documents": len(texts),
             "pairs": report.pairs,
             "epochs_run": report.epochs_run,
-            "best_val_loss": float(report.best_val_loss),
+            "best_val_loss": report.best_val_loss,  # None: too few pairs to hold any out
             "val_losses": str([round(v, 4) for v in report.val_losses]),
             "seconds": round(report.seconds, 1),
         }
@@ -120,7 +121,10 @@ class FactorsConfig(dg.Config):
     )
     l1: float = Field(default=0.9, description="L1 penalty on the CorEx weights (sparser factors)")
     seed: int = 0
-    max_iter: int = Field(default=1000, description="Adam steps per annealing stage, at most")
+    max_iter: int = Field(
+        default=1000,
+        description="step budget per annealing stage (7 stages; the noisy early stages use at most a tenth of it)",
+    )
     warm_start: bool = Field(default=True, description="start from the previous fit when there is one")
 
 
@@ -151,7 +155,7 @@ def latent_factors(
 ) -> Factors:
     """Linear CorEx fitted on the compatibility rows of every batch: properties grouped into latent factors."""
     x = stack_compatibility(compatibility, len(vocabulary))
-    n_factors = config.n_factors or int(np.clip(len(vocabulary) // 8, 2, 368))
+    n_factors = config.n_factors or auto_factors(len(vocabulary))
     previous = storage.load_artefact("latent_factors") if config.warm_start else None
     # A refit after new data starts from the last weights: known properties keep their columns.
     warm = (

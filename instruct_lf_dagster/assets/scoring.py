@@ -37,6 +37,7 @@ def compatibility(
         batch_size=compute.encode_batch_size,
         cache=cache,
     )
+    cache.prune([linker.fingerprint])  # embeddings of a retrained linker are never asked for again
     cache.save(cache_path)
     context.add_output_metadata(
         {

@@ -116,6 +116,7 @@ class LocalStorage(Storage):
     def _connect(self, timeout: float = 120.0) -> duckdb.DuckDBPyConnection:
         # DuckDB allows one writing process; another step holding the file is waited for, briefly.
         deadline = time.monotonic() + timeout
+        Path(self._database()).parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
                 return duckdb.connect(self._database())
