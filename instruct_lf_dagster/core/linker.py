@@ -222,7 +222,9 @@ class Linker:
             for epoch, batches in enumerate(epoch_batches, start=1):
                 self.model.train()
                 losses = []
-                for batch in batches:
+                for step, batch in enumerate(batches, start=1):
+                    if step % max(1, len(batches) // 10) == 0:  # an epoch on a CPU can take many minutes
+                        log.info("linker: epoch %d, batch %d of %d", epoch, step, len(batches))
                     loss = loss_fn(self._features(train, batch), None)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -154,6 +154,8 @@ class Settings:
     l1: float = 0.9
     truncation: str = "tail"
     linker_epochs: int = 20
+    linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
+    max_seq_length: int = 256
     lda_topics: int = representations.LDA_TOPICS
 
 
@@ -204,12 +206,14 @@ def evaluate_seed(
 
     if {"compatibility", "instruct_lf"} & set(methods):
         started = time.perf_counter()
-        documents = sorted(proposals)
+        # The recorded file is in sample order, so its first N dialogues are a uniform sample too.
+        documents = list(proposals)[: settings.linker_documents]
         model = InstructLF(
             n_factors=settings.n_factors,
             l1=settings.l1,
             truncation=settings.truncation,
             linker_epochs=settings.linker_epochs,
+            max_seq_length=settings.max_seq_length,
             seed=seed,
         )
         # The linker learns from the dialogues with proposals; the matrix and CorEx cover every training one.
@@ -257,6 +261,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which end of long dialogues the encoders keep (default tail: the latest turns)",
     )
     parser.add_argument("--linker-epochs", type=int, default=Settings.linker_epochs, help="at most (default 20)")
+    parser.add_argument(
+        "--linker-documents", type=int, help="train the linker on the first N proposed dialogues (default: all)"
+    )
+    parser.add_argument(
+        "--max-seq-length", type=int, default=Settings.max_seq_length, help="linker tokens per text (default 256)"
+    )
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
 
 
@@ -269,7 +279,9 @@ def main(args: argparse.Namespace) -> dict:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    settings = Settings(args.factors, args.l1, args.truncation, args.linker_epochs)
+    settings = Settings(
+        args.factors, args.l1, args.truncation, args.linker_epochs, args.linker_documents, args.max_seq_length
+    )
     runs, notes = [], {}
     if "bertopic" in methods and not representations.bertopic_available():
         notes["bertopic"] = "skipped: pip install 'instruct-lf-dagster[baselines]'"
@@ -287,7 +299,7 @@ def main(args: argparse.Namespace) -> dict:
     if not args.json:
         print(
             f"INSPIRED: {len(data.train_dialogues)} training rows, {len(data.test_dialogues)} test dialogues, "
-            f"proposals for {len(proposals)} of {len(data.contexts())} training contexts, seeds {seeds}"
+            f"proposals for {len(proposals)} of {len(data.contexts())} training contexts, seeds {seeds}\n{settings}"
         )
         print(format_table(means, stds, notes=notes))
     print(json.dumps(result))

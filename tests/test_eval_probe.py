@@ -1,0 +1,151 @@
+"""The labelled-document probe: data reading, split, cross-validated scoring, and the whole protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from instruct_lf_dagster.evaluation import probe
+
+GENRES = {
+    "comedy": ("funny", "laugh"),
+    "horror": ("scary", "ghost"),
+    "romance": ("love", "kiss"),
+    "action": ("explosion", "chase"),
+}
+PLACES = ["in Paris", "on a farm", "at sea", "in a small town", "in space", "in a prison"]
+
+
+def reviews(n: int = 48) -> list[dict]:
+    """Reviews whose genre and pace show in their keywords (what the `keyword_llm` fixture describes)."""
+    rows = []
+    for i in range(n):
+        genre = list(GENRES)[i % 4]
+        first, second = GENRES[genre]
+        pace = "slow" if (i // 4) % 2 else "lively"
+        tempo = "slow and boring" if pace == "slow" else "quick and sharp"
+        text = f"A {first} story set {PLACES[i % len(PLACES)]}, {tempo}, with a {second} scene in part {i}."
+        rows.append({"id": i, "review": text, "genre": genre, "pace": pace})
+    return rows
+
+
+def write(rows: list[dict], path) -> None:
+    frame = pd.DataFrame(rows)
+    if path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+
+
+def args_for(path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    probe.add_arguments(parser)
+    return parser.parse_args(
+        [
+            "--data", str(path), "--text-field", "review", "--label-field", "genre", "--label-field", "pace",
+            "--goal", "What kind of movie is this?", "--model", "keywords/fake", "--folds", "3",
+            "--linker-epochs", "1", "--corex-iter", "50", "--proposal-docs", "16", "--seeds", "0,1", *extra,
+        ]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_read_labelled_formats_agree(tmp_path, suffix):
+    rows = reviews(8)
+    rows[1]["genre"] = None  # a missing label drops the row
+    rows[2]["review"] = "   "  # so does a blank text
+    path = tmp_path / f"data{suffix}"
+    write(rows, path)
+    frame = probe.read_labelled(path, "review", ["genre", "pace"])
+    assert list(frame.columns) == ["text", "genre", "pace"]
+    assert frame["text"].tolist() == [r["review"] for i, r in enumerate(rows) if i not in (1, 2)]
+    assert set(frame["genre"]) == set(GENRES)
+
+
+def test_read_labelled_keeps_labels_as_text(tmp_path):
+    path = tmp_path / "codes.csv"
+    path.write_text("text,code\nfirst,01\nsecond,2\n")
+    assert probe.read_labelled(path, "text", ["code"])["code"].tolist() == ["01", "2"]
+
+
+def test_read_labelled_errors_name_the_file_and_problem(tmp_path):
+    path = tmp_path / "data.jsonl"
+    write(reviews(4), path)
+    with pytest.raises(ValueError, match=r"data\.jsonl: no field 'party'; it has id, review, genre, pace"):
+        probe.read_labelled(path, "review", ["genre", "party"])
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        probe.read_labelled(tmp_path / "nowhere.csv", "text", ["label"])
+    (tmp_path / "data.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"data\.txt: unknown file kind '\.txt'"):
+        probe.read_labelled(tmp_path / "data.txt", "text", ["label"])
+
+
+def test_split_is_seeded_disjoint_and_sized():
+    fit, held = probe.split(100, 0.3, max_docs=50, seed=4)
+    assert (len(fit), len(held)) == (15, 35)
+    assert not set(fit) & set(held) and all(0 <= i < 100 for i in fit + held)
+    assert probe.split(100, 0.3, max_docs=50, seed=4) == (fit, held)
+    assert probe.split(100, 0.3, max_docs=50, seed=5) != (fit, held)
+    assert sorted(sum(probe.split(10, 0.5), [])) == list(range(10))
+    with pytest.raises(ValueError, match="fit fraction"):
+        probe.split(10, 1.0)
+
+
+def test_cross_validated_separable_constant_and_rare_labels():
+    labels = np.repeat(["a", "b", "c"], 10)
+    separable = (labels == "b").astype(float)[:, None] + 2 * (labels == "c")[:, None]
+    for classifier in probe.classifiers(seed=0).values():
+        assert probe.cross_validated(separable, labels, classifier) == 1.0
+        # A constant feature leaves only the majority guess: balanced accuracy 1 / number of labels.
+        assert probe.cross_validated(np.zeros((30, 1)), labels, classifier) == pytest.approx(1 / 3)
+    assert probe.frequent(np.array(["a"] * 5 + ["b"] * 4)).tolist() == [True] * 5 + [False] * 4
+    with pytest.raises(ValueError, match="'topic': fewer than 2 labels"):
+        probe.evaluate({"x": np.zeros((9, 1))}, {"topic": np.array(["a"] * 5 + ["b"] * 4)})
+
+
+def test_a_file_needs_a_goal_and_labels(tmp_path):
+    path = tmp_path / "data.jsonl"
+    write(reviews(4), path)
+    parser = argparse.ArgumentParser()
+    probe.add_arguments(parser)
+    with pytest.raises(ValueError, match="--label-field is required"):
+        probe.main(parser.parse_args(["--data", str(path)]))
+    with pytest.raises(ValueError, match="--goal is required"):
+        probe.main(parser.parse_args(["--data", str(path), "--label-field", "genre"]))
+
+
+@pytest.mark.integration
+def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
+    """The whole probe twice with the same data and seeds: the same numbers; the second run asks no LLM."""
+    path = tmp_path / "reviews.jsonl"
+    write(reviews(), path)
+    methods = "majority,raw_embedding,lda,instruct_lf"
+    first = probe.main(args_for(path, "--methods", methods))
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(printed[-1]) == first  # the JSON line comes last
+    assert printed[0].split()[:3] == ["method", "genre/tree", "genre/logreg"]
+
+    sizes = first["sizes"]
+    assert (sizes["rows"], sizes["fit"], sizes["proposed"], sizes["proposals_failed"]) == (48, 24, 16, 0)
+    assert sizes["properties"] > 0 and sizes["factors"] >= 2 and sizes["linker_epochs"] == 1
+    assert keyword_llm.calls == 16  # proposals for the fit part only
+    scores = first["balanced_accuracy"]
+    for field in ("genre", "pace"):
+        for classifier in ("tree", "logreg"):
+            cell = scores[field][classifier]
+            assert set(cell) == set(methods.split(","))
+            assert cell["majority"] == pytest.approx(1 / sizes["classes"][field], abs=1e-4)
+            assert all(0.0 <= v <= 1.0 for v in cell.values())
+    # The keywords decide the genre and the LLM names it: the factors must beat guessing.
+    assert scores["genre"]["logreg"]["instruct_lf"] > scores["genre"]["logreg"]["majority"] + 0.2
+
+    second = probe.main(args_for(path, "--methods", methods))
+    assert keyword_llm.calls == 16  # every proposal came from the response cache
+    assert second["balanced_accuracy"] == first["balanced_accuracy"]
+    assert second["std"] == first["std"]
