@@ -294,7 +294,7 @@ class FakeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
                     server.requests.append(body)
-                    server.headers.append(dict(self.headers))
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})  # names are case-free
                     action = server.script.pop(0) if server.script else server.default
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
                     self.answer(action, body)
@@ -378,7 +378,7 @@ def test_server_rate_limit_then_error_then_success(serve):
     assert len(server.requests) == 3 and usage.calls == 1 and usage.failures == 0
     sent = server.requests[-1]
     assert sent["model"] == "test-model" and sent["seed"] == 7 and sent["temperature"] == 0.0
-    assert server.headers[-1]["Authorization"] == "Bearer sk-test"
+    assert server.headers[-1]["authorization"] == "Bearer sk-test"
 
 
 @pytest.mark.integration

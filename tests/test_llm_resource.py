@@ -70,10 +70,13 @@ def test_resource_serves_an_asset(monkeypatch):
         context.add_output_metadata({**usage.as_metadata(), **client.describe()})
         return [c.text for c in completions]
 
-    result = dg.materialize(
-        [answers],
-        resources={"llm": LLMResource(model="openai/gpt-4o-mini", api_key=dg.EnvVar("TEST_LLM_KEY"))},
-    )
+    # An instance of its own: Dagster keeps the current instance's state storage in a context variable.
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [answers],
+            resources={"llm": LLMResource(model="openai/gpt-4o-mini", api_key=dg.EnvVar("TEST_LLM_KEY"))},
+            instance=instance,
+        )
     assert result.success
     assert result.output_for_node("answers") == ["a property"]
     metadata = result.asset_materializations_for_node("answers")[0].metadata
