@@ -26,8 +26,8 @@ EVALUATIONS = {
 
 def _table_command(command: str, modules: dict[str, str]):
     def run(args: argparse.Namespace) -> dict:
-        # Progress goes to stderr, so stdout stays the table and the JSON line.
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        if command == "eval":  # evaluations run for many minutes: progress to stderr, stdout stays the results
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         module = importlib.import_module(modules[args.name])
         parser = argparse.ArgumentParser(prog=f"instruct-lf {command} {args.name}", description=module.__doc__)
         module.add_arguments(parser)
