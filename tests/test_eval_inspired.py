@@ -144,3 +144,12 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
         assert first[metric] == second[metric]
     assert set(first["hit@20"]) == {"popularity", "raw_embedding", "lda", "instruct_lf"}
     assert all(0.0 <= v <= 1.0 for v in first["hit@20"].values())
+
+
+@pytest.mark.parametrize("content", ["", "not json\n", '{"context_index": 0, "properties": null}\n'])
+def test_unusable_proposal_files_name_the_file(tmp_path, content):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(content)
+    data = Inspired(["a dialogue"], [["X"]], [], [])
+    with pytest.raises(ValueError, match="broken.jsonl"):
+        inspired.load_proposals(path, data)

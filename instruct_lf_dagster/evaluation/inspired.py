@@ -122,12 +122,15 @@ def load_proposals(path: str | Path, data: Inspired) -> dict[str, list[str]]:
     `properties`; see the data README) or a table with `text` and `properties` columns (JSONL, CSV, Parquet;
     e.g. the project's proposals joined with its documents). Unparsed entries (null) are skipped."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    elif path.suffix == ".csv":
-        frame = pd.read_csv(path, converters={"properties": ast.literal_eval})
-    else:
-        frame = pd.read_json(path, lines=True)
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif path.suffix == ".csv":
+            frame = pd.read_csv(path, converters={"properties": ast.literal_eval})
+        else:
+            frame = pd.read_json(path, lines=True)
+    except (ValueError, SyntaxError, OSError) as error:
+        raise ValueError(f"{path}: not a readable proposals table ({error})") from error
     if "text" in frame:
         pairs = zip(frame["text"], frame["properties"], strict=True)
     elif {"context_index", "properties"} <= set(frame.columns):
@@ -142,7 +145,11 @@ def load_proposals(path: str | Path, data: Inspired) -> dict[str, list[str]]:
             pairs.append((text, props))
     else:
         raise ValueError(f"{path}: expected columns text+properties or context_index+properties")
-    return {text: list(props) for text, props in pairs if props is not None and len(props)}
+    # Unparsed outputs are null (NaN once pandas has read them); Parquet gives arrays.
+    proposals = {text: list(props) for text, props in pairs if isinstance(props, list | tuple | np.ndarray) and len(props)}
+    if not proposals:
+        raise ValueError(f"{path}: no dialogue has a parsed list of properties")
+    return proposals
 
 
 @dataclass
