@@ -26,10 +26,14 @@ EVALUATIONS = {
 
 def _table_command(command: str, modules: dict[str, str]):
     def run(args: argparse.Namespace) -> dict:
-        if command == "eval":  # evaluations run for many minutes: progress to stderr, stdout stays the results
+        if (
+            command == "eval"
+        ):  # evaluations run for many minutes: progress to stderr, stdout stays the results
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         module = importlib.import_module(modules[args.name])
-        parser = argparse.ArgumentParser(prog=f"instruct-lf {command} {args.name}", description=module.__doc__)
+        parser = argparse.ArgumentParser(
+            prog=f"instruct-lf {command} {args.name}", description=module.__doc__
+        )
         module.add_arguments(parser)
         return module.main(parser.parse_args(args.options))
 
@@ -80,6 +84,9 @@ def _goal_config(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from instruct_lf_dagster.core import local_models
+
+    local_models.quiet_openmp()  # before torch loads: this process decodes with llama.cpp
     from instruct_lf_dagster import run
 
     if getattr(args, "prepare_demo", False):

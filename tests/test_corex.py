@@ -6,10 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 from instruct_lf_dagster.bench.corex import planted, reference_weights
-from instruct_lf_dagster.core.corex import LinearCorex, fit_hierarchy, objective
+from instruct_lf_dagster.core.corex import LinearCorex, _Data, _objective, fit_hierarchy, objective
 
 N, P, M = 300, 60, 4
 FAST = {"threads": 1}  # one thread: robust on a busy machine, and fast enough at this size
@@ -42,8 +43,10 @@ def test_objective_scores_the_reference_as_its_tc(data, reference):
     assert value == pytest.approx(-reference.tc, rel=1e-4)
 
 
-def test_parity_with_reference_package(data, model, reference):
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_parity_with_reference_package(data, reference, optimizer):
     x, groups = data
+    model = LinearCorex(M, 0.0, seed=0, optimizer=optimizer, **FAST).fit(x)
     assert adjusted_rand_score(groups, model.clusters()) >= 0.9
     assert adjusted_rand_score(groups, reference.mis.argmax(0)) >= 0.9
     x_std = standardised(x.astype(np.float64))
@@ -147,3 +150,50 @@ def test_hierarchy_stacks_layers(data):
     assert [layer.w_.shape for layer in layers] == [(M, P), (2, M)]
     top = layers[1].transform(layers[0].transform(data[0]))
     assert top.shape == (N, 2)
+
+
+@pytest.mark.parametrize(
+    "shape", [(300, 60), (40, 200)]
+)  # full rank: covariance path; rank 39 < 100: rows path
+@pytest.mark.parametrize("eps", [0.0, 0.36])
+def test_gradient_by_hand_equals_autograd(shape, eps):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    x[:, 3] = 0  # a constant column
+    x = x - x.mean(0)
+    data = _Data(x)
+    assert (data.cov is None) == (shape[0] < shape[1] / 2)
+    w = torch.randn((5, shape[1]), generator=gen, dtype=torch.float64) * 0.3
+    value, grad = data.value_and_grad(w, eps)
+    w.requires_grad_(True)
+    expected = _objective(*data.moments(w, eps))
+    expected.backward()
+    assert float(value) == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(grad, w.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_low_rank_data_is_compressed_to_the_same_objective(data):
+    x = data[0][:, :20].astype(np.float64)
+    wide = standardised(np.hstack([x, x @ np.random.default_rng(0).standard_normal((20, 40))]))  # rank 20
+    compressed = _Data(torch.from_numpy(wide))
+    assert compressed.cov is None and compressed.rows.shape[0] == 20  # 20 rows stand for 300
+    w = torch.from_numpy(np.random.default_rng(1).standard_normal((M, 60)) * 0.1)
+    rows = torch.from_numpy(wide)
+    zx = w @ (rows.T @ rows) / rows.shape[0]
+    zz = zx @ w.T + torch.eye(M, dtype=torch.float64)
+    expected = float(_objective(zx, zz, (rows * rows).mean(0)))
+    assert objective(wide, w.numpy()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_l1_gives_exact_zeros_and_a_lower_penalised_objective(data):
+    x = data[0]
+    fitted = {opt: LinearCorex(M, 0.05, seed=0, optimizer=opt, **FAST).fit(x) for opt in ("lbfgs", "adam")}
+    assert (fitted["lbfgs"].w_ == 0).mean() > 0.2 and (fitted["adam"].w_ == 0).mean() == 0
+    # both minimise the same noise-free objective plus L1: the quasi-Newton fit gets at least as low
+    totals = {opt: model.history_[-1]["objective"] for opt, model in fitted.items()}
+    assert totals["lbfgs"] <= totals["adam"] + 1e-3 * abs(totals["adam"])
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="optimizer"):
+        LinearCorex(M, optimizer="sgd")

@@ -13,6 +13,12 @@ forward pass used in training) or with the noise integrated out (the noise-free 
 compare: it is exactly -TC of the reference package `linearcorex`). The annealing noise
 x <- sqrt(1 - e^2) x + e * N enters through its exact expected moments, as in the reference package, instead of an
 n x P sample per step (which cost more than the step itself).
+
+Two optimisers minimise the same objective. `adam` is the research scripts' path: Adam on the noisy forward pass
+(a sampled eps_z per step). `lbfgs`, the default, minimises the noise-free objective, a smooth deterministic
+function, with a limited-memory quasi-Newton method that treats the L1 term orthant-wise (OWL-QN, Andrew & Gao
+2007): on the planted benchmark it reaches the reference package's objective in about 70 steps, where Adam at
+lr 1e-3 needs about 1,000, and the L1 term gives exact zeros.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,7 +39,15 @@ from safetensors.numpy import load_file, save_file
 
 ANNEAL = tuple(0.6**k for k in range(1, 7)) + (0.0,)
 WINDOW = 50  # steps between convergence checks (the reference scripts' 50-step moving window)
-ANNEAL_STEPS = 0.1  # share of max_iter an annealing stage (eps > 0) may take: it only has to point the way
+ANNEAL_STEPS = (
+    0.1  # share of max_iter an annealing stage (eps > 0) may take with Adam: it only points the way
+)
+ANNEAL_QN_STEPS = (
+    3  # quasi-Newton steps per annealing stage; its curvature memory carries on to the next stage
+)
+MEMORY = 10  # curvature pairs the quasi-Newton method keeps
+QN_WINDOW = 5  # quasi-Newton steps over which the stop rule averages the decrease
+OPTIMIZERS = ("lbfgs", "adam")
 _TINY = 1e-8
 
 
@@ -55,6 +70,33 @@ def _objective(zx: torch.Tensor, zz: torch.Tensor, x_sq: torch.Tensor) -> torch.
     return 0.5 * fit.sum() + 0.5 * z2.log().sum()
 
 
+def _objective_and_grad(zx: torch.Tensor, zz: torch.Tensor, x_sq: torch.Tensor):
+    """`_objective` and its gradients with respect to zx and zz, by hand: half the cost of autograd's graph."""
+    z2 = torch.diagonal(zz)
+    scale = z2.sqrt()
+    r = zx / scale[:, None]
+    unclamped = 1 - r * r
+    d = unclamped.clamp_min(_TINY)
+    b = r / d
+    ri = (r * b).sum(0)
+    corr = zz / (scale[:, None] * scale)
+    u = corr @ b
+    resid = (1 + ri) * (x_sq * (1 + ri) - 2 * ri) + (u * b).sum(0)
+    used = x_sq > 0
+    fit = torch.where(used, resid.clamp_min(_TINY).log() - 2 * torch.log1p(ri), 0.0)
+    value = 0.5 * fit.sum() + 0.5 * z2.log().sum()
+
+    g_q = torch.where(used & (resid > _TINY), 0.5 / resid, 0.0)  # d value / d resid, = d value / d q
+    g_ri = g_q * (2 * x_sq * (1 + ri) - 2 - 4 * ri) - torch.where(used, 1 / (1 + ri), 0.0)
+    g_b = g_ri * r + 2 * g_q * u
+    g_r = g_ri * b + g_b * torch.where(unclamped > _TINY, (1 + r * r) / (d * d), 1 / d)
+    g_corr = (b * g_q) @ b.T
+    g_corr_corr = g_corr * corr
+    g_scale = -((g_r * r).sum(1) + g_corr_corr.sum(0) + g_corr_corr.sum(1)) / scale
+    g_zz = g_corr / (scale[:, None] * scale) + torch.diag(g_scale / (2 * scale) + 0.5 / z2)
+    return value, g_r / scale[:, None], g_zz
+
+
 def _moments(x: torch.Tensor, n: int, w: torch.Tensor, x_sq: torch.Tensor, eps: float = 0.0, noise=None):
     """<z x>, <z z>, <x^2> of z = x' W^T + eps_z with x' = sqrt(1 - eps^2) x + eps * N, N integrated out.
 
@@ -73,6 +115,19 @@ def _moments(x: torch.Tensor, n: int, w: torch.Tensor, x_sq: torch.Tensor, eps: 
     if eps > 0:
         zz = zz + e2 * (w @ w.T)
     return keep * (z.T @ x) / n + e2 * w, zz, keep * keep * x_sq + e2
+
+
+def _rank_below(x: torch.Tensor, k: int) -> bool:
+    """Whether rank(x) < k, judged cheaply: k rows of full rank have a Gram matrix Cholesky can factor.
+
+    A wrong "yes" (ill-conditioned data) only costs a `_compress` that finds full rank.
+    """
+    if x.shape[0] < k:
+        return True
+    head = x[:k].double()
+    gram = head @ head.T
+    factor, info = torch.linalg.cholesky_ex(gram)
+    return bool(info) or bool(torch.diagonal(factor).square().min() <= 1e-8 * torch.diagonal(gram).max())
 
 
 def _compress(x: torch.Tensor, max_side: int = 8192) -> torch.Tensor:
@@ -97,16 +152,153 @@ def _compress(x: torch.Tensor, max_side: int = 8192) -> torch.Tensor:
     return b.to(x.dtype)
 
 
+class _Data:
+    """Standardised data reduced to what the objective needs: n, <x^2>, and either rows or the covariance.
+
+    The noise-free moments cost two m x r x P products on r rows, or one m x P x P product on the P x P
+    covariance. So data of rank r < P / 2 is compressed to r rows (`_compress`), and other data keeps its rows
+    (for the noisy passes of `adam`) and gets its covariance.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.n = x.shape[0]
+        low_rank = _rank_below(x, math.ceil(x.shape[1] / 2))
+        self.rows = _compress(x) if low_rank else x
+        self.x_sq = (self.rows * self.rows).sum(0) / self.n
+        self.cov = None if low_rank else x.T @ x / self.n
+
+    def _times_cov(self, m: torch.Tensor) -> torch.Tensor:
+        """m (k, P) times the covariance x'x / n."""
+        if self.cov is not None:
+            return m @ self.cov
+        return (m @ self.rows.T) @ self.rows / self.n
+
+    def moments(self, w: torch.Tensor, eps: float = 0.0, noise=None):
+        """`_moments` of weights w (m, P) on this data."""
+        if noise is not None:
+            return _moments(self.rows, self.n, w, self.x_sq, eps, noise)
+        keep2, e2 = 1 - eps * eps, eps * eps
+        zx = keep2 * self._times_cov(w) + e2 * w
+        zz = zx @ w.T + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        return zx, zz, keep2 * self.x_sq + e2
+
+    def value_and_grad(self, w: torch.Tensor, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise-free objective of w at annealing level eps, and its gradient with respect to w."""
+        zx, zz, x_sq = self.moments(w, eps)
+        value, g_zx, g_zz = _objective_and_grad(zx, zz, x_sq)
+        g_zx = g_zx + g_zz @ w  # zz = zx w'
+        return value, g_zz.T @ zx + (1 - eps * eps) * self._times_cov(g_zx) + eps * eps * g_zx
+
+
 def objective(x_std: np.ndarray, w: np.ndarray) -> float:
     """Noise-free objective (no L1; lower is better) of weights `w` (m, P) on standardised data `x_std` (n, P).
 
     Any weight matrix can be scored: for the reference package `linearcorex`, whose `ws` are scaled by the factor's
     std, pass `ws / sqrt(1 - mean((x_std @ ws.T)^2, 0))[:, None]`; the value is then its -TC.
     """
-    x = torch.as_tensor(np.asarray(x_std, dtype=np.float64))
-    w_t = torch.as_tensor(np.asarray(w, dtype=np.float64))
+    data = _Data(torch.as_tensor(np.asarray(x_std, dtype=np.float64)))
     with torch.no_grad():
-        return float(_objective(*_moments(x, x.shape[0], w_t, (x * x).mean(0))))
+        return float(_objective(*data.moments(torch.as_tensor(np.asarray(w, dtype=np.float64)))))
+
+
+class _OrthantWiseLBFGS:
+    """Limited-memory BFGS for f(w) + l1 |w|_1 with f smooth: OWL-QN (Andrew & Gao, ICML 2007).
+
+    Away from zero it is plain L-BFGS with a backtracking (Armijo) line search. At w_i = 0 it takes the one-sided
+    derivative that descends, and keeps each step in the orthant it starts from: a weight that would cross zero
+    stops at zero, which is how the L1 term yields exact zeros. Curvature pairs persist across `minimise` calls,
+    since consecutive annealing stages differ only slightly.
+    """
+
+    def __init__(self, l1: float, memory: int = MEMORY):
+        self.l1 = l1
+        self.pairs: deque[tuple[torch.Tensor, torch.Tensor, float]] = deque(maxlen=memory)
+
+    def _pseudo_gradient(self, w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if not self.l1:
+            return grad
+        right, left = grad + self.l1, grad - self.l1
+        at_zero = torch.where(right < 0, right, torch.where(left > 0, left, torch.zeros_like(grad)))
+        return torch.where(w != 0, grad + self.l1 * torch.sign(w), at_zero)
+
+    def _direction(self, pg: torch.Tensor) -> torch.Tensor:
+        """-H pg with H the L-BFGS inverse-Hessian estimate (two-loop recursion)."""
+        q, alphas = -pg, []
+        for s, y, rho in reversed(self.pairs):
+            alphas.append(rho * float((s * q).sum()))
+            q = q - alphas[-1] * y
+        if self.pairs:
+            s, y, _ = self.pairs[-1]
+            q = q * (float((s * y).sum()) / float((y * y).sum()))
+        for (s, y, rho), alpha in zip(self.pairs, reversed(alphas), strict=True):
+            q = q + (alpha - rho * float((y * q).sum())) * s
+        return q
+
+    def _total(self, value: torch.Tensor, w: torch.Tensor) -> float:
+        return float(value) + self.l1 * float(w.abs().sum())
+
+    def _line_search(self, fun: Callable, w: torch.Tensor, d: torch.Tensor, pg: torch.Tensor, total: float):
+        """A step along d meeting the weak Wolfe conditions (bisect or double), projected on w's orthant.
+
+        Doubling matters: near the random start the objective is flat and curved the wrong way, and a search that
+        only shrinks steps would crawl there. Returns (point, gradient, total), or None if nothing decreases.
+        """
+        orthant = torch.where(w != 0, torch.sign(w), -torch.sign(pg))
+        slope = float((pg * d).sum())
+        low, high, best = 0.0, math.inf, None
+        t = 1.0 if self.pairs else min(1.0, 1.0 / max(float(pg.norm()), _TINY))  # a unit step at first
+        for _ in range(40):
+            new = w + t * d
+            if self.l1:
+                new = torch.where(torch.sign(new) == orthant, new, 0.0)
+            value, grad = fun(new)
+            new_total = self._total(value, new)
+            if not new_total <= total + 1e-4 * float((pg * (new - w)).sum()):  # NaN fails too
+                high = t
+            else:
+                best = new, grad, new_total
+                if float((self._pseudo_gradient(new, grad) * d).sum()) >= 0.9 * slope:
+                    return best
+                low = t
+            t = 2 * low if high == math.inf else (low + high) / 2
+            if high - low < 1e-10 * t:
+                break
+        return best
+
+    def minimise(self, fun: Callable, w: torch.Tensor, max_steps: int, tol: float) -> tuple[int, float]:
+        """Minimise fun(w) + l1 |w|_1 in place from w; fun returns (value, gradient).
+
+        Stops after `max_steps`, or when the last `QN_WINDOW` steps lowered the total by at most `tol` each on
+        average, relative to it (or 1): a single short step, common on a plateau, does not stop it.
+        Returns the steps taken and the total reached.
+        """
+        value, grad = fun(w)
+        total = self._total(value, w)
+        recent = deque([total], maxlen=QN_WINDOW + 1)
+        for step in range(1, max_steps + 1):
+            pg = self._pseudo_gradient(w, grad)
+            d = self._direction(pg)
+            if self.l1:
+                d = torch.where(d * pg < 0, d, 0.0)  # only where the pseudo-gradient says descend
+            if float((pg * d).sum()) >= 0:  # stale curvature: start again from steepest descent
+                if not self.pairs:
+                    return step - 1, total  # pg = 0: a minimum
+                self.pairs.clear()
+                d = -pg
+            found = self._line_search(fun, w, d, pg, total)
+            if found is None:  # no decrease left at this precision
+                return step - 1, total
+            new, new_grad, new_total = found
+            s, y = new - w, new_grad - grad
+            sy = float((s * y).sum())
+            if sy > _TINY * float((y * y).sum()):  # keep only pairs of positive curvature
+                self.pairs.append((s, y, 1.0 / sy))
+            w.copy_(new)
+            grad, total = new_grad, new_total
+            recent.append(total)
+            if len(recent) > QN_WINDOW and recent[0] - total <= QN_WINDOW * tol * max(abs(total), 1.0):
+                return step, total
+        return max_steps, total
 
 
 @contextmanager
@@ -125,12 +317,18 @@ class LinearCorex:
     """Linear CorEx with an L1 penalty (the Instruct-LF variant), sklearn style.
 
     `fit(x)` standardises each column with its training mean and std (kept for `transform`), then minimises the
-    objective with Adam (full batch, one optimiser throughout) through the annealing stages eps = 0.6^1..0.6^6, 0.
-    A stage stops when the noise-free objective (plus L1) changes by less than `tol` (relative) over a 50-step
-    window. The reference scripts test 50-step means of the sampled objective instead; its sampling noise alone
-    moves them by ~1e-4 (relative), so their stages never met tol = 1e-5 and always ran max_iter steps. The step
-    budget is theirs, max_iter per stage, but spent where it pays: annealing stages, which only point the way, stop
-    after `ANNEAL_STEPS * max_iter` steps and the final stage (eps = 0) may use what they left.
+    objective plus L1 through the annealing stages eps = 0.6^1..0.6^6, 0 with `optimizer`:
+
+    - `lbfgs` (default): the noise-free objective, deterministic, by OWL-QN (L-BFGS with an orthant-wise L1).
+      Annealing stages take `ANNEAL_QN_STEPS` steps each; the final stage stops when a step lowers the total by
+      less than `tol` (relative), or after `max_iter` steps.
+    - `adam`: the research scripts' optimiser, Adam at `lr` on the noisy forward pass (full batch, one optimiser
+      throughout). A stage stops when the noise-free total changes by less than `tol` (relative) over a 50-step
+      window. The scripts test 50-step means of the sampled objective instead; its sampling noise alone moves
+      them by ~1e-4 (relative), so their stages never met tol = 1e-5 and always ran max_iter steps. The budget
+      is theirs, max_iter per stage, but spent where it pays: annealing stages stop after
+      `ANNEAL_STEPS * max_iter` steps and the final stage (eps = 0) may use what they left.
+
     Deterministic for a seed on a given device and thread count.
 
     Input must be finite (NaN or inf raise ValueError). Constant columns are allowed: they standardise to 0, take
@@ -149,9 +347,13 @@ class LinearCorex:
         lr: float = 1e-3,
         anneal: bool = True,
         threads: int | None = None,
+        optimizer: str = "lbfgs",
     ):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.n_factors, self.l1, self.seed, self.device = n_factors, l1, seed, device
         self.max_iter, self.tol, self.lr, self.anneal, self.threads = max_iter, tol, lr, anneal, threads
+        self.optimizer = optimizer
 
     # -- data ---------------------------------------------------------------------------------------------------
     def standardise(self, x: np.ndarray) -> np.ndarray:
@@ -193,32 +395,48 @@ class LinearCorex:
             xs = torch.from_numpy(self.standardise(x)).to(self.device)
             w, warm = self._init_weights(warm_start, x.shape[1], gen)
             schedule = ANNEAL if self.anneal and not warm else (0.0,)
-            n, data = x.shape[0], _compress(xs)
-            data[:, torch.from_numpy(self.std_ == 0).to(self.device)] = 0  # exactly, whatever the rounding
-            x_sq = (data * data).sum(0) / n
-            self.history_ = self._train(data, n, x_sq, w, schedule, gen)
-            zx, zz, _ = _moments(data, n, w, x_sq)
-            self.objective_ = float(_objective(zx, zz, x_sq))
+            xs[:, torch.from_numpy(self.std_ == 0).to(self.device)] = 0  # exactly, whatever the rounding
+            data = _Data(xs)
+            if self.optimizer == "adam":
+                self.history_ = self._train_adam(data, w, schedule, gen)
+            else:
+                self.history_ = self._train_lbfgs(data, w, schedule)
+            zx, zz, _ = data.moments(w)
+            self.objective_ = float(_objective(zx, zz, data.x_sq))
             r = (zx / torch.diagonal(zz).sqrt()[:, None]).clamp(-1 + 1e-7, 1 - 1e-7)
             self.mis_ = (-0.5 * torch.log1p(-r * r)).cpu().numpy()
             self.w_ = w.cpu().numpy()
         self.n_iter_ = sum(stage["steps"] for stage in self.history_)
         return self
 
-    def _train(self, data, n: int, x_sq, w: torch.Tensor, schedule, gen: torch.Generator) -> list[dict]:
+    def _train_lbfgs(self, data: _Data, w: torch.Tensor, schedule) -> list[dict]:
+        """OWL-QN through the stages; per stage: eps, steps and the noise-free objective + L1 it reached."""
+        solver = _OrthantWiseLBFGS(self.l1)
+        history = []
+        for eps in schedule:
+
+            def smooth(v: torch.Tensor, eps: float = eps) -> tuple[torch.Tensor, torch.Tensor]:
+                return data.value_and_grad(v, eps)
+
+            limit = ANNEAL_QN_STEPS if eps > 0 else self.max_iter
+            steps, total = solver.minimise(smooth, w, limit, self.tol)
+            history.append({"eps": eps, "steps": steps, "objective": total})
+        return history
+
+    def _train_adam(self, data: _Data, w: torch.Tensor, schedule, gen: torch.Generator) -> list[dict]:
         """Adam through the stages; per stage: eps, steps and the noise-free objective + L1 it reached."""
-        r, m = data.shape[0], w.shape[0]
+        (r, n), m = (data.rows.shape[0], data.n), w.shape[0]
         w.requires_grad_(True)
         adam = torch.optim.Adam([w], lr=self.lr)  # one optimiser through all stages, as in the scripts
 
         def total(eps: float) -> float:  # what a stage minimises, without the sampling noise
-            return float(_objective(*_moments(data, n, w, x_sq, eps)) + self.l1 * w.abs().sum())
+            return float(_objective(*data.moments(w, eps)) + self.l1 * w.abs().sum())
 
         def noise() -> tuple[torch.Tensor, torch.Tensor | float]:  # eps_z, seen through `_compress`
-            sample = torch.randn((r, m), generator=gen, device=data.device)
+            sample = torch.randn((r, m), generator=gen, device=w.device)
             if r == n:
                 return sample, 0.0
-            rest = torch.randn((n - r, m), generator=gen, device=data.device)
+            rest = torch.randn((n - r, m), generator=gen, device=w.device)
             return sample, rest.T @ rest
 
         history, budget = [], self.max_iter * len(schedule)  # the scripts' budget: max_iter per stage
@@ -229,7 +447,7 @@ class LinearCorex:
             while steps < limit:
                 eps_z = noise()
                 with torch.enable_grad():
-                    loss = _objective(*_moments(data, n, w, x_sq, eps, eps_z)) + self.l1 * w.abs().sum()
+                    loss = _objective(*data.moments(w, eps, eps_z)) + self.l1 * w.abs().sum()
                     adam.zero_grad(set_to_none=True)
                     loss.backward()
                 adam.step()
@@ -263,7 +481,18 @@ class LinearCorex:
         return labels
 
     # -- storage ------------------------------------------------------------------------------------------------
-    _SETTINGS = ("n_factors", "l1", "seed", "device", "max_iter", "tol", "lr", "anneal", "threads")
+    _SETTINGS = (
+        "n_factors",
+        "l1",
+        "seed",
+        "device",
+        "max_iter",
+        "tol",
+        "lr",
+        "anneal",
+        "threads",
+        "optimizer",
+    )
     _RESULTS = ("objective_", "n_iter_", "history_")
 
     def save(self, path: str | Path) -> None:
@@ -277,7 +506,7 @@ class LinearCorex:
         """Read a model written by `save`."""
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads(f.metadata()["linear_corex"])
-        model = cls(**{name: meta[name] for name in cls._SETTINGS})
+        model = cls(**{name: meta[name] for name in cls._SETTINGS if name in meta})  # older files: defaults
         for name in cls._RESULTS:
             setattr(model, name, meta[name])
         tensors = load_file(str(path))

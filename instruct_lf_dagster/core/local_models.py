@@ -28,9 +28,17 @@ from typing import Any
 
 from instruct_lf_dagster.core.paths import data_dir
 
-# llama.cpp's OpenMP workers otherwise spin between tokens; on a shared machine (more busy threads than cores)
-# that made decoding 5-6x slower. Read once, when libgomp loads (with llama_cpp, or earlier with torch).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def quiet_openmp() -> None:
+    """Let OpenMP workers sleep between tasks in a process that runs llama.cpp; call before torch loads.
+
+    llama.cpp's workers otherwise spin between tokens; on a shared machine (more busy threads than cores) that
+    made decoding 5-6x slower. The policy is read once per process, when libgomp loads (torch and llama_cpp share
+    it), and it costs torch's many small operations (Linear CorEx ran 1.8x slower): so only processes that decode
+    set it, not benchmarks or evaluations that only run torch.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 PROVIDER = "llamacpp"
 DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
@@ -276,6 +284,7 @@ def load(name: str) -> Any:
     with _LOCK:
         if path not in _LOADED:
             try:
+                quiet_openmp()
                 from llama_cpp import Llama
             except ImportError as error:
                 raise ModelError("llama-cpp-python is not installed: run scripts/install_llama.sh") from error

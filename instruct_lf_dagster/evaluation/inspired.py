@@ -83,7 +83,9 @@ def recommend(neighbours: np.ndarray, titles: Sequence[Sequence[str]], limit: in
     return ranked
 
 
-def hits(ranked: Sequence[Sequence[str]], gold: Sequence[Sequence[str]], ks: Sequence[int] = KS) -> dict[str, float]:
+def hits(
+    ranked: Sequence[Sequence[str]], gold: Sequence[Sequence[str]], ks: Sequence[int] = KS
+) -> dict[str, float]:
     """Hit@k: the share of queries with a gold title among the first k recommendations."""
     return {
         f"hit@{k}": float(np.mean([bool(set(r[:k]) & set(g)) for r, g in zip(ranked, gold, strict=True)]))
@@ -137,16 +139,25 @@ def load_proposals(path: str | Path, data: Inspired) -> dict[str, list[str]]:
         contexts = data.contexts()
         pairs = []
         for index, digest, props in zip(
-            frame["context_index"], frame.get("context_sha1", [None] * len(frame)), frame["properties"], strict=True
+            frame["context_index"],
+            frame.get("context_sha1", [None] * len(frame)),
+            frame["properties"],
+            strict=True,
         ):
             text = contexts[int(index)]
             if digest is not None and hashlib.sha1(text.encode()).hexdigest() != digest:
-                raise ValueError(f"{path}: context {index} does not match its sha1: a different INSPIRED split?")
+                raise ValueError(
+                    f"{path}: context {index} does not match its sha1: a different INSPIRED split?"
+                )
             pairs.append((text, props))
     else:
         raise ValueError(f"{path}: expected columns text+properties or context_index+properties")
     # Unparsed outputs are null (NaN once pandas has read them); Parquet gives arrays.
-    proposals = {text: list(props) for text, props in pairs if isinstance(props, list | tuple | np.ndarray) and len(props)}
+    proposals = {
+        text: list(props)
+        for text, props in pairs
+        if isinstance(props, list | tuple | np.ndarray) and len(props)
+    }
     if not proposals:
         raise ValueError(f"{path}: no dialogue has a parsed list of properties")
     return proposals
@@ -252,7 +263,9 @@ def summary(means: Scores) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="../shared/data/inspired", help="folder with inspired_train/test.csv")
+    parser.add_argument(
+        "--data", default="../shared/data/inspired", help="folder with inspired_train/test.csv"
+    )
     parser.add_argument(
         "--proposals",
         help=f"proposals file (default: DATA/{PROPOSALS_FILE}); or a table with text and properties columns",
@@ -264,15 +277,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factors", type=int, default=Settings.n_factors, help="CorEx factors (default 368)")
     parser.add_argument("--l1", type=float, default=Settings.l1, help="CorEx L1 penalty (default 0.9)")
     parser.add_argument(
-        "--truncation", choices=["head", "tail"], default=Settings.truncation,
+        "--truncation",
+        choices=["head", "tail"],
+        default=Settings.truncation,
         help="which end of long dialogues the encoders keep (default tail: the latest turns)",
     )
-    parser.add_argument("--linker-epochs", type=int, default=Settings.linker_epochs, help="at most (default 20)")
     parser.add_argument(
-        "--linker-documents", type=int, help="train the linker on the first N proposed dialogues (default: all)"
+        "--linker-epochs", type=int, default=Settings.linker_epochs, help="at most (default 20)"
     )
     parser.add_argument(
-        "--max-seq-length", type=int, default=Settings.max_seq_length, help="linker tokens per text (default 256)"
+        "--linker-documents",
+        type=int,
+        help="train the linker on the first N proposed dialogues (default: all)",
+    )
+    parser.add_argument(
+        "--max-seq-length",
+        type=int,
+        default=Settings.max_seq_length,
+        help="linker tokens per text (default 256)",
     )
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
 
