@@ -194,6 +194,20 @@ def test_l1_gives_exact_zeros_and_a_lower_penalised_objective(data):
     assert totals["lbfgs"] <= totals["adam"] + 1e-3 * abs(totals["adam"])
 
 
-def test_unknown_optimizer_is_refused():
+def test_auto_optimizer_is_lbfgs_without_l1_and_adam_with_it(data):
+    x = data[0]
+    for l1, expected in ((0.0, "lbfgs"), (0.5, "adam")):
+        auto = LinearCorex(M, l1, seed=0, max_iter=60, **FAST).fit(x)
+        chosen = LinearCorex(M, l1, seed=0, max_iter=60, optimizer=expected, **FAST).fit(x)
+        np.testing.assert_array_equal(auto.w_, chosen.w_)
     with pytest.raises(ValueError, match="optimizer"):
         LinearCorex(M, optimizer="sgd")
+
+
+def test_exact_optimum_under_the_papers_l1_can_be_all_zeros():
+    """Why `auto` keeps Adam with L1: on a small weak problem the penalised optimum is W = 0."""
+    x, _ = planted(24, 6, 2, seed=0)
+    exact = LinearCorex(2, 0.9, seed=0, optimizer="lbfgs", **FAST).fit(x)
+    scripts = LinearCorex(2, 0.9, seed=0, **FAST).fit(x)
+    assert (exact.w_ == 0).all() and exact.history_[-1]["objective"] == pytest.approx(0.0, abs=1e-6)
+    assert (scripts.w_ != 0).all()

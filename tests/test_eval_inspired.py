@@ -76,7 +76,11 @@ def test_popularity_recommends_the_most_frequent_titles():
 def test_recorded_proposals_are_checked_against_the_dialogues(tmp_path):
     data = Inspired(["b dialogue", "a dialogue", "b dialogue"], [["X"], ["Y"], ["X"]], [], [])
     good = {"context_index": 1, "context_sha1": hashlib.sha1(b"b dialogue").hexdigest(), "properties": ["P"]}
-    skipped = {"context_index": 0, "context_sha1": hashlib.sha1(b"a dialogue").hexdigest(), "properties": None}
+    skipped = {
+        "context_index": 0,
+        "context_sha1": hashlib.sha1(b"a dialogue").hexdigest(),
+        "properties": None,
+    }
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [good, skipped]))
     assert inspired.load_proposals(path, data) == {"b dialogue": ["P"]}
@@ -125,15 +129,30 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
         rows.append({"full_situation": text, "movies": str([tastes[taste][0][rng.integers(2)]])})
         proposals.append({"text": text, "properties": tastes[taste][1]})
     pd.DataFrame(rows).to_csv(tmp_path / "inspired_train.csv")
-    test = [{"test_inputs": f"User: any good {t} film?\nSystem: ", "test_outputs": tastes[t][0][0]} for t in tastes]
+    test = [
+        {"test_inputs": f"User: any good {t} film?\nSystem: ", "test_outputs": tastes[t][0][0]}
+        for t in tastes
+    ]
     pd.DataFrame(test).to_csv(tmp_path / "inspired_test.csv")
     pd.DataFrame(proposals).to_json(tmp_path / "proposals.jsonl", orient="records", lines=True)
 
     parser = argparse.ArgumentParser()
     inspired.add_arguments(parser)
     args = parser.parse_args(
-        ["--data", str(tmp_path), "--proposals", str(tmp_path / "proposals.jsonl"), "--seeds", "0",
-         "--methods", "popularity,raw_embedding,lda,instruct_lf", "--factors", "2", "--linker-epochs", "1"]
+        [
+            "--data",
+            str(tmp_path),
+            "--proposals",
+            str(tmp_path / "proposals.jsonl"),
+            "--seeds",
+            "0",
+            "--methods",
+            "popularity,raw_embedding,lda,instruct_lf",
+            "--factors",
+            "2",
+            "--linker-epochs",
+            "1",
+        ]
     )
     first = inspired.main(args)
     printed = capsys.readouterr().out.strip().splitlines()

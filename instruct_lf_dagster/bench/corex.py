@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
-        default="lbfgs",
-        help="ours: lbfgs (default) or adam (the scripts')",
+        default="auto",
+        help="ours: auto (lbfgs without L1, adam with it; default), lbfgs or adam",
     )
 
 
