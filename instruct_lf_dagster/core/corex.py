@@ -180,17 +180,21 @@ class _Data:
         """`_moments` of weights w (m, P) on this data."""
         if noise is not None:
             return _moments(self.rows, self.n, w, self.x_sq, eps, noise)
-        keep2, e2 = 1 - eps * eps, eps * eps
-        zx = keep2 * self._times_cov(w) + e2 * w
+        zx = self._times_cov(w)
+        if eps:
+            zx = (1 - eps * eps) * zx + eps * eps * w
         zz = zx @ w.T + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
-        return zx, zz, keep2 * self.x_sq + e2
+        return zx, zz, (1 - eps * eps) * self.x_sq + eps * eps if eps else self.x_sq
 
     def value_and_grad(self, w: torch.Tensor, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """The noise-free objective of w at annealing level eps, and its gradient with respect to w."""
         zx, zz, x_sq = self.moments(w, eps)
         value, g_zx, g_zz = _objective_and_grad(zx, zz, x_sq)
         g_zx = g_zx + g_zz @ w  # zz = zx w'
-        return value, g_zz.T @ zx + (1 - eps * eps) * self._times_cov(g_zx) + eps * eps * g_zx
+        grad = self._times_cov(g_zx)
+        if eps:
+            grad = (1 - eps * eps) * grad + eps * eps * g_zx
+        return value, grad + g_zz.T @ zx
 
 
 def objective(x_std: np.ndarray, w: np.ndarray) -> float:
@@ -238,7 +242,7 @@ class _OrthantWiseLBFGS:
         return q
 
     def _total(self, value: torch.Tensor, w: torch.Tensor) -> float:
-        return float(value) + self.l1 * float(w.abs().sum())
+        return float(value) + self.l1 * float(w.abs().sum()) if self.l1 else float(value)
 
     def _line_search(self, fun: Callable, w: torch.Tensor, d: torch.Tensor, pg: torch.Tensor, total: float):
         """A step along d meeting the weak Wolfe conditions (bisect or double), projected on w's orthant.
