@@ -159,8 +159,13 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
     assert json.loads(printed[-1]) == json.loads(json.dumps(first))
     assert "instruct_lf" in printed[2] or any(line.startswith("instruct_lf") for line in printed)
     second = inspired.main(args)
+    saved = tmp_path / "linker"
+    args.linker = str(saved)
+    trained_and_saved = inspired.main(args)
+    assert (saved / "linker.json").is_file()
+    reused = inspired.main(args)  # no fine-tuning: the saved linker gives the same matrix and factors
     for metric in (f"hit@{k}" for k in inspired.KS):
-        assert first[metric] == second[metric]
+        assert first[metric] == second[metric] == trained_and_saved[metric] == reused[metric]
     assert set(first["hit@20"]) == {"popularity", "raw_embedding", "lda", "instruct_lf"}
     assert all(0.0 <= v <= 1.0 for v in first["hit@20"].values())
 

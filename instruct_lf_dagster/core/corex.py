@@ -377,7 +377,9 @@ class LinearCorex:
             raise ValueError(f"expected {self.mean_.shape[0]} columns, got {x.shape[1]}")
         scale = np.where(self.std_ > 0, self.std_, 1.0)
         # torch: one threaded pass instead of numpy's three single-threaded ones
-        return ((torch.from_numpy(x) - torch.from_numpy(self.mean_)) / torch.from_numpy(scale)).float().numpy()
+        return (
+            ((torch.from_numpy(x) - torch.from_numpy(self.mean_)) / torch.from_numpy(scale)).float().numpy()
+        )
 
     def _init_weights(self, warm_start, p: int, gen: torch.Generator) -> tuple[torch.Tensor, bool]:
         shape = (self.n_factors, p)

@@ -56,11 +56,19 @@ class InstructLF:
         documents: Sequence[str],
         proposals: Sequence[Sequence[str] | None],
         corpus: Sequence[str] | None = None,
+        linker: Linker | None = None,
     ) -> InstructLF:
-        """Discover factors; `proposals[i]` belongs to `documents[i]` (None or empty: nothing proposed)."""
+        """Discover factors; `proposals[i]` belongs to `documents[i]` (None or empty: nothing proposed).
+
+        `linker`: one already trained on these proposals (e.g. `Linker.load` of `linker_.save`), used as is, so
+        that trying other CorEx settings skips the costly fine-tuning; `linker_report_` is then None.
+        """
         if len(documents) != len(proposals):
             raise ValueError(f"{len(documents)} documents but {len(proposals)} proposal lists")
-        linker = Linker(truncation=self.truncation, max_seq_length=self.max_seq_length, device=self.device)
+        trained, linker = (
+            linker,
+            Linker(truncation=self.truncation, max_seq_length=self.max_seq_length, device=self.device),
+        )
         self.vocabulary_ = Vocabulary.fit(
             [p or () for p in proposals],
             lambda texts: linker.encode_properties(texts),
@@ -71,7 +79,11 @@ class InstructLF:
             raise ValueError("no usable property in the proposals: nothing to discover factors from")
         pairs = [(d, self.vocabulary_.map(list(p))) for d, p in zip(documents, proposals, strict=True) if p]
         log.info("linker: %d documents with proposals, %d properties", len(pairs), len(self.vocabulary_))
-        self.linker_report_: LinkerReport = linker.fit(
+        self.linker_report_: LinkerReport | None = None
+        if trained is not None:
+            self.linker_ = trained
+            return self._fit_factors(documents if corpus is None else corpus)
+        self.linker_report_ = linker.fit(
             [d for d, _ in pairs],
             [p for _, p in pairs],
             epochs=self.linker_epochs,
@@ -83,7 +95,10 @@ class InstructLF:
             ),
         )
         self.linker_ = linker
-        x = self.compatibility(documents if corpus is None else corpus)
+        return self._fit_factors(documents if corpus is None else corpus)
+
+    def _fit_factors(self, corpus: Sequence[str]) -> InstructLF:
+        x = self.compatibility(corpus)
         n_factors = self.n_factors or auto_factors(x.shape[1])
         log.info("Linear CorEx: %d x %d -> %d factors", *x.shape, n_factors)
         corex = LinearCorex(

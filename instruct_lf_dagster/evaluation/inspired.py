@@ -175,12 +175,14 @@ class Settings:
     linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
     max_seq_length: int = 256
     lda_topics: int = representations.LDA_TOPICS
+    linker_dir: str | None = None  # a trained linker to reuse, or where to save the one trained
 
 
 def evaluate_seed(
     data: Inspired, proposals: dict[str, list[str]], seed: int, settings: Settings, methods: Sequence[str]
 ) -> tuple[Scores, dict[str, int], dict[str, float]]:
     """One seed of every method: (metric -> method -> value, chosen n per method, seconds per method)."""
+    from instruct_lf_dagster.core.linker import CONFIG_FILE, Linker
     from instruct_lf_dagster.core.pipeline import InstructLF
 
     scores: Scores = {}
@@ -235,7 +237,14 @@ def evaluate_seed(
             seed=seed,
         )
         # The linker learns from the dialogues with proposals; the matrix and CorEx cover every training one.
-        model.fit(documents, [proposals[d] for d in documents], corpus=data.contexts())
+        saved = Path(settings.linker_dir) if settings.linker_dir else None
+        reuse = saved is not None and (saved / CONFIG_FILE).is_file()
+        if reuse:
+            log.info("inspired seed %d: reusing the linker saved in %s", seed, saved)
+        linker = Linker.load(saved) if reuse else None
+        model.fit(documents, [proposals[d] for d in documents], corpus=data.contexts(), linker=linker)
+        if saved is not None and not reuse:
+            model.linker_.save(saved)
         rows = model.compatibility(train + test)
         seconds["discovery"] = time.perf_counter() - started
         if "compatibility" in methods:
@@ -296,6 +305,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Settings.max_seq_length,
         help="linker tokens per text (default 256)",
     )
+    parser.add_argument(
+        "--linker",
+        help="a folder: reuse the linker saved there, or save there the one the first seed trains (later seeds "
+        "and runs reuse it: try other CorEx settings without fine-tuning again; linker settings must match)",
+    )
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
 
 
@@ -309,7 +323,13 @@ def main(args: argparse.Namespace) -> dict:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     settings = Settings(
-        args.factors, args.l1, args.truncation, args.linker_epochs, args.linker_documents, args.max_seq_length
+        args.factors,
+        args.l1,
+        args.truncation,
+        args.linker_epochs,
+        args.linker_documents,
+        args.max_seq_length,
+        linker_dir=args.linker,
     )
     runs, notes = [], {}
     if "bertopic" in methods and not representations.bertopic_available():
