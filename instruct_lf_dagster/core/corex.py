@@ -8,9 +8,9 @@ standardised columns x and minimises an upper bound on TC(X | Z) (Instruct-LF ad
 with R = <z x> / sqrt(<z^2>), r_i = sum_j R_ji^2 / (1 - R_ji^2), E[x|z] = z (R / (1 - R^2) / sqrt(<z^2>)) / (1 + r).
 Every term is a function of three second moments, <z x> (m, P), <z z> (m, m) and <x^2> (P), so `_objective` works
 on those and never forms the n x P conditional mean; `_compress` shrinks the n data rows to rank(x) rows that give
-the same moments. `_moments` gives them for a sampled factor noise (the noisy
-forward pass used in training) or with the noise integrated out (the noise-free objective used to score, stop and
-compare: it is exactly -TC of the reference package `linearcorex`). The annealing noise
+the same moments. `_moments` gives them for a sampled factor noise (the noisy forward pass of `adam`) or with the
+noise integrated out (the noise-free objective used to score, stop and compare: it is exactly -TC of the reference
+package `linearcorex`); `_Data` holds the data in whichever form makes that cheaper. The annealing noise
 x <- sqrt(1 - e^2) x + e * N enters through its exact expected moments, as in the reference package, instead of an
 n x P sample per step (which cost more than the step itself).
 
@@ -42,12 +42,10 @@ from safetensors.numpy import load_file, save_file
 
 ANNEAL = tuple(0.6**k for k in range(1, 7)) + (0.0,)
 WINDOW = 50  # steps between convergence checks (the reference scripts' 50-step moving window)
-ANNEAL_STEPS = (
-    0.1  # share of max_iter an annealing stage (eps > 0) may take with Adam: it only points the way
-)
-ANNEAL_QN_STEPS = (
-    3  # quasi-Newton steps per annealing stage; its curvature memory carries on to the next stage
-)
+# Annealing stages (eps > 0) only point the way: with Adam a stage may take this share of max_iter; the
+# quasi-Newton method takes a fixed number of steps per stage, its curvature memory carrying on to the next.
+ANNEAL_STEPS = 0.1
+ANNEAL_QN_STEPS = 3
 MEMORY = 10  # curvature pairs the quasi-Newton method keeps
 QN_WINDOW = 5  # quasi-Newton steps over which the stop rule averages the decrease
 OPTIMIZERS = ("auto", "lbfgs", "adam")
@@ -217,7 +215,7 @@ def objective(x_std: np.ndarray, w: np.ndarray) -> float:
 class _OrthantWiseLBFGS:
     """Limited-memory BFGS for f(w) + l1 |w|_1 with f smooth: OWL-QN (Andrew & Gao, ICML 2007).
 
-    Away from zero it is plain L-BFGS with a backtracking (Armijo) line search. At w_i = 0 it takes the one-sided
+    Away from zero it is plain L-BFGS with a weak-Wolfe line search. At w_i = 0 it takes the one-sided
     derivative that descends, and keeps each step in the orthant it starts from: a weight that would cross zero
     stops at zero, which is how the L1 term yields exact zeros. Curvature pairs persist across `minimise` calls,
     since consecutive annealing stages differ only slightly.
