@@ -166,6 +166,13 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
     reused = inspired.main(args)  # no fine-tuning: the saved linker gives the same matrix and factors
     for metric in (f"hit@{k}" for k in inspired.KS):
         assert first[metric] == second[metric] == trained_and_saved[metric] == reused[metric]
+    capsys.readouterr()
+    args.l1 = "0.9,0"  # two penalties: one is chosen on the held-out training rows and named in the table
+    chosen = inspired.main(args)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("instruct_lf"))
+    assert "l1=0.9" in row or "l1=0" in row
+    if "l1=0.9" in row:
+        assert chosen["hit@20"] == first["hit@20"]
     assert set(first["hit@20"]) == {"popularity", "raw_embedding", "lda", "instruct_lf"}
     assert all(0.0 <= v <= 1.0 for v in first["hit@20"].values())
 

@@ -93,11 +93,11 @@ def hits(
     }
 
 
-def knn_scores(
-    train: np.ndarray, test: np.ndarray, data: Inspired, neighbours: Sequence[int] = NEIGHBOURS
-) -> tuple[dict[str, float], int]:
-    """Hit@k on the test dialogues of the count-based kNN over representations `train` (one row per training
-    row) and `test`, with n chosen on the held-out tail of the training rows; returns (hits, n)."""
+def choose_neighbours(
+    train: np.ndarray, data: Inspired, neighbours: Sequence[int] = NEIGHBOURS
+) -> tuple[int, float]:
+    """The n of the count-based kNN with the best Hit@20 on the held-out tail of the training rows (datastore:
+    the rest), and that Hit@20."""
     cut = int(round(len(train) * (1 - HELD_OUT)))
     held_gold = data.train_titles[cut:]
     candidates = [n for n in neighbours if n <= cut] or [cut]
@@ -107,6 +107,15 @@ def knn_scores(
         score = hits(recommend(order[:, :n], data.train_titles[:cut], SELECT_K), held_gold, [SELECT_K])
         if score[f"hit@{SELECT_K}"] > best:
             chosen, best = n, score[f"hit@{SELECT_K}"]
+    return chosen, best
+
+
+def knn_scores(
+    train: np.ndarray, test: np.ndarray, data: Inspired, neighbours: Sequence[int] = NEIGHBOURS
+) -> tuple[dict[str, float], int]:
+    """Hit@k on the test dialogues of the count-based kNN over representations `train` (one row per training
+    row) and `test`, with n chosen on the held-out tail of the training rows; returns (hits, n)."""
+    chosen, _ = choose_neighbours(train, data, neighbours)
     order = representations.cosine_neighbours(test, train, chosen)
     ranked = recommend(order, data.train_titles, max(KS))
     return hits(ranked, [[t] for t in data.test_titles]), chosen
@@ -170,6 +179,9 @@ class Settings:
 
     n_factors: int = 368
     l1: float = 0.9
+    l1_alternatives: tuple[
+        float, ...
+    ] = ()  # chosen between with `l1` by Hit@20 on the held-out training rows
     truncation: str = "tail"
     linker_epochs: int = 20
     linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
@@ -180,20 +192,22 @@ class Settings:
 
 def evaluate_seed(
     data: Inspired, proposals: dict[str, list[str]], seed: int, settings: Settings, methods: Sequence[str]
-) -> tuple[Scores, dict[str, int], dict[str, float]]:
+) -> tuple[Scores, dict[str, str], dict[str, float]]:
     """One seed of every method: (metric -> method -> value, chosen n per method, seconds per method)."""
+    from instruct_lf_dagster.core.corex import LinearCorex
+    from instruct_lf_dagster.core.factors import Factors
     from instruct_lf_dagster.core.linker import CONFIG_FILE, Linker
     from instruct_lf_dagster.core.pipeline import InstructLF
 
     scores: Scores = {}
-    chosen: dict[str, int] = {}
+    chosen: dict[str, str] = {}
     seconds: dict[str, float] = {}
 
     def record(method: str, result: dict[str, float], n: int | None = None) -> None:
         for metric, value in result.items():
             scores.setdefault(metric, {})[method] = value
         if n is not None:
-            chosen[method] = n
+            chosen[method] = f"n={n}"
 
     def timed(method: str, fn: Callable[[], None]) -> None:
         if method in methods:
@@ -250,8 +264,22 @@ def evaluate_seed(
         if "compatibility" in methods:
             record("compatibility", *knn_scores(rows[: len(train)], rows[len(train) :], data))
         if "instruct_lf" in methods:
-            factors = model.factors_.scores(rows)
+            candidates = {settings.l1: model.factors_}
+            if settings.l1_alternatives:
+                corpus = model.compatibility(data.contexts())
+                for l1 in settings.l1_alternatives:
+                    corex = LinearCorex(model.factors_.n_factors, l1, seed=seed, max_iter=model.max_iter)
+                    candidates[l1] = Factors(corex.fit(corpus), model.vocabulary_.properties)
+            # Settings are chosen on the held-out training rows only (ties: the paper's l1, listed first).
+            held_out = {
+                l1: choose_neighbours(f.scores(rows[: len(train)]), data)[1] for l1, f in candidates.items()
+            }
+            l1 = max(held_out, key=held_out.get)
+            factors = candidates[l1].scores(rows)
             record("instruct_lf", *knn_scores(factors[: len(train)], factors[len(train) :], data))
+            if len(candidates) > 1:
+                chosen["instruct_lf"] += f" l1={l1:g}"
+                log.info("inspired seed %d: held-out Hit@20 by l1: %s", seed, held_out)
     return scores, chosen, seconds
 
 
@@ -284,7 +312,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
     )
     parser.add_argument("--factors", type=int, default=Settings.n_factors, help="CorEx factors (default 368)")
-    parser.add_argument("--l1", type=float, default=Settings.l1, help="CorEx L1 penalty (default 0.9)")
+    parser.add_argument(
+        "--l1",
+        default=str(Settings.l1),
+        help="CorEx L1 penalty (default 0.9); several, comma-separated, are chosen between by Hit@20 on the "
+        "held-out training rows (ties: the first)",
+    )
     parser.add_argument(
         "--truncation",
         choices=["head", "tail"],
@@ -322,9 +355,11 @@ def main(args: argparse.Namespace) -> dict:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    l1s = [float(v) for v in str(args.l1).split(",") if v.strip()]
     settings = Settings(
         args.factors,
-        args.l1,
+        l1s[0],
+        tuple(l1s[1:]),
         args.truncation,
         args.linker_epochs,
         args.linker_documents,
@@ -338,8 +373,8 @@ def main(args: argparse.Namespace) -> dict:
     for seed in seeds:
         scores, chosen, seconds = evaluate_seed(data, proposals, seed, settings, methods)
         runs.append(scores)
-        for method, n in chosen.items():
-            notes[method] = f"n={n}" if method not in notes else f"{notes[method]},{n}"
+        for method, note in chosen.items():
+            notes[method] = note if method not in notes else f"{notes[method]}; {note}"
         log.info("seed %d seconds: %s", seed, {k: round(v, 1) for k, v in seconds.items()})
     means, stds = aggregate(runs)
     result = summary(means)
