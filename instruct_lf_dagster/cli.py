@@ -102,9 +102,10 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print("\nLatent factors (largest first, most informative properties first):")
     print(run.format_factors(run.factor_table()))
+    home = run.instance().root_directory
     print(
-        f"\nRun {result.run_id} is stored in DAGSTER_HOME={run.instance().root_directory}.\n"
-        "Open the UI with:  . .venv/bin/activate && DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml"
+        f"\nRun {result.run_id} is stored in DAGSTER_HOME={home}.\n"
+        f"Open the UI with:  . .venv/bin/activate && DAGSTER_HOME={home} dagster dev -w workspace.yaml"
     )
     return 0
 

@@ -46,8 +46,16 @@ def run_discovery(run_config: dict | None = None, env: str | None = None) -> dg.
         )
     job = defs.get_job_def(discovery_job.name)
     return job.execute_in_process(
-        instance=inst, tags=all_batches_tags(keys), run_config=run_config or {}, raise_on_error=False
+        instance=inst,
+        tags=all_batches_tags(keys),
+        run_config=console_config(run_config),
+        raise_on_error=False,
     )
+
+
+def console_config(run_config: dict | None = None) -> dict:
+    """`run_config` with the console at INFO: progress shows, Dagster's DEBUG events stay in the stored log (UI)."""
+    return {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
 
 
 def factor_table(env: str | None = None) -> pd.DataFrame:

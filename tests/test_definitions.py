@@ -65,3 +65,18 @@ def test_schedule_covers_every_batch():
         instance.add_dynamic_partitions(batches.name, ["b", "a", "c"])
         request = discovery_schedule(context)
         assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("b", "c")
+
+
+def test_headless_run_config_is_valid_and_quiets_the_console():
+    from instruct_lf_dagster.automation import discovery_job
+    from instruct_lf_dagster.run import console_config
+
+    with dg.instance_for_test():  # a live instance for the definitions' state storage
+        job = build_definitions("local").resolve_job_def(discovery_job.name)
+    goal = {"ops": {"proposals": {"config": {"goal": "what decides the next movie?"}}}}
+    config = console_config(goal)
+    assert config["loggers"]["console"]["config"]["log_level"] == "INFO" and config["ops"] == goal["ops"]
+    assert (
+        dg.validate_run_config(job, config)["ops"]["proposals"]["config"]["goal"]
+        == goal["ops"]["proposals"]["config"]["goal"]
+    )
