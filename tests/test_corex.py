@@ -152,9 +152,8 @@ def test_hierarchy_stacks_layers(data):
     assert top.shape == (N, 2)
 
 
-@pytest.mark.parametrize(
-    "shape", [(300, 60), (40, 200)]
-)  # full rank: covariance path; rank 39 < 100: rows path
+# (300, 60): full rank, the covariance path; (40, 200): rank 39 < 100, the rows path
+@pytest.mark.parametrize("shape", [(300, 60), (40, 200)])
 @pytest.mark.parametrize("eps", [0.0, 0.36])
 def test_gradient_by_hand_equals_autograd(shape, eps):
     gen = torch.Generator().manual_seed(0)

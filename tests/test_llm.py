@@ -294,9 +294,8 @@ class FakeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
                     server.requests.append(body)
-                    server.headers.append(
-                        {k.lower(): v for k, v in self.headers.items()}
-                    )  # names are case-free
+                    # header names are case-free
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
                     action = server.script.pop(0) if server.script else server.default
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
                     self.answer(action, body)

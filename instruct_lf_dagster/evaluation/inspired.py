@@ -179,9 +179,8 @@ class Settings:
 
     n_factors: int = 368
     l1: float = 0.9
-    l1_alternatives: tuple[
-        float, ...
-    ] = ()  # chosen between with `l1` by Hit@20 on the held-out training rows
+    # other penalties, chosen between with `l1` by Hit@20 on the held-out training rows
+    l1_alternatives: tuple[float, ...] = ()
     truncation: str = "tail"
     linker_epochs: int = 20
     linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
