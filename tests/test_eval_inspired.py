@@ -184,3 +184,11 @@ def test_unusable_proposal_files_name_the_file(tmp_path, content):
     data = Inspired(["a dialogue"], [["X"]], [], [])
     with pytest.raises(ValueError, match="broken.jsonl"):
         inspired.load_proposals(path, data)
+
+
+@pytest.mark.parametrize("bad", ["abc", "", "0.9,-1"])
+def test_bad_l1_lists_are_refused_clearly(bad):
+    parser = argparse.ArgumentParser()
+    inspired.add_arguments(parser)
+    with pytest.raises(SystemExit, match="--l1"):
+        inspired.main(parser.parse_args(["--l1", bad]))

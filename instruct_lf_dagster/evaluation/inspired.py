@@ -347,6 +347,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     """Run every method for every seed; print the table (mean ± std over seeds) and the final JSON line."""
+    try:
+        l1s = [float(v) for v in str(args.l1).split(",") if v.strip()]
+    except ValueError:
+        l1s = []
+    if not l1s or min(l1s) < 0:
+        raise SystemExit(f"--l1: expected penalties >= 0 separated by commas, got {args.l1!r}")
     data = Inspired.load(args.data)
     proposals = load_proposals(args.proposals or Path(args.data) / PROPOSALS_FILE, data)
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
@@ -354,7 +360,6 @@ def main(args: argparse.Namespace) -> dict:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    l1s = [float(v) for v in str(args.l1).split(",") if v.strip()]
     settings = Settings(
         args.factors,
         l1s[0],
