@@ -96,6 +96,7 @@ def test_save_load_round_trip(tmp_path, data, model):
     np.testing.assert_array_equal(loaded.clusters(), model.clusters())
     assert (loaded.n_factors, loaded.l1, loaded.seed, loaded.max_iter) == (M, 0.0, 0, 1000)
     assert loaded.objective_ == model.objective_ and loaded.history_ == model.history_
+    assert loaded.optimizer_ == model.optimizer_ == "lbfgs"
     assert not (tmp_path / "corex.pkl").exists() and path.read_bytes()[:8]  # one safetensors file
 
 
@@ -199,6 +200,7 @@ def test_auto_optimizer_is_lbfgs_without_l1_and_adam_with_it(data):
         auto = LinearCorex(M, l1, seed=0, max_iter=60, **FAST).fit(x)
         chosen = LinearCorex(M, l1, seed=0, max_iter=60, optimizer=expected, **FAST).fit(x)
         np.testing.assert_array_equal(auto.w_, chosen.w_)
+        assert auto.optimizer_ == chosen.optimizer_ == expected
     with pytest.raises(ValueError, match="optimizer"):
         LinearCorex(M, optimizer="sgd")
 

@@ -30,7 +30,7 @@ def handmade() -> LinearCorex:
         ]
     )
     model.mean_, model.std_ = np.zeros(5), np.ones(5)
-    model.objective_, model.n_iter_, model.history_ = -1.0, 0, []
+    model.objective_, model.n_iter_, model.history_, model.optimizer_ = -1.0, 0, [], "lbfgs"
     return model
 
 

@@ -187,6 +187,7 @@ def latent_factors(
             "non_empty_factors": len(factors.nonempty()),
             "objective": float(corex.objective_),
             "iterations": int(corex.n_iter_),
+            "optimizer": corex.optimizer_,
             "warm_start": warm is not None,
             "top_factors": dg.MetadataValue.md(factors.describe(top=10)),
         }

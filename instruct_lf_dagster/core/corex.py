@@ -33,6 +33,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -413,7 +414,10 @@ class LinearCorex:
             schedule = ANNEAL if self.anneal and not warm else (0.0,)
             xs[:, torch.from_numpy(self.std_ == 0).to(self.device)] = 0  # exactly, whatever the rounding
             data = _Data(xs)
-            if self.optimizer == "adam" or (self.optimizer == "auto" and self.l1 > 0):
+            self.optimizer_ = (
+                ("adam" if self.l1 > 0 else "lbfgs") if self.optimizer == "auto" else self.optimizer
+            )
+            if self.optimizer_ == "adam":
                 self.history_ = self._train_adam(data, w, schedule, gen)
             else:
                 self.history_ = self._train_lbfgs(data, w, schedule)
@@ -430,12 +434,8 @@ class LinearCorex:
         solver = _OrthantWiseLBFGS(self.l1)
         history = []
         for eps in schedule:
-
-            def smooth(v: torch.Tensor, eps: float = eps) -> tuple[torch.Tensor, torch.Tensor]:
-                return data.value_and_grad(v, eps)
-
             limit = ANNEAL_QN_STEPS if eps > 0 else self.max_iter
-            steps, total = solver.minimise(smooth, w, limit, self.tol)
+            steps, total = solver.minimise(partial(data.value_and_grad, eps=eps), w, limit, self.tol)
             history.append({"eps": eps, "steps": steps, "objective": total})
         return history
 
@@ -509,7 +509,7 @@ class LinearCorex:
         "threads",
         "optimizer",
     )
-    _RESULTS = ("objective_", "n_iter_", "history_")
+    _RESULTS = ("objective_", "n_iter_", "history_", "optimizer_")
 
     def save(self, path: str | Path) -> None:
         """Write the fitted model to a safetensors file (settings and results in its metadata)."""
@@ -524,7 +524,7 @@ class LinearCorex:
             meta = json.loads(f.metadata()["linear_corex"])
         model = cls(**{name: meta[name] for name in cls._SETTINGS if name in meta})  # older files: defaults
         for name in cls._RESULTS:
-            setattr(model, name, meta[name])
+            setattr(model, name, meta.get(name))  # None for what older files lack
         tensors = load_file(str(path))
         model.w_, model.mean_, model.std_, model.mis_ = (tensors[k] for k in ("w", "mean", "std", "mis"))
         return model
