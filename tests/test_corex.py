@@ -212,3 +212,20 @@ def test_exact_optimum_under_the_papers_l1_can_be_all_zeros():
     scripts = LinearCorex(2, 0.9, seed=0, **FAST).fit(x)
     assert (exact.w_ == 0).all() and exact.history_[-1]["objective"] == pytest.approx(0.0, abs=1e-6)
     assert (scripts.w_ != 0).all()
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.ones((10, 5)),  # every column constant
+        np.random.default_rng(0).standard_normal((2, 6)),  # two rows
+        np.random.default_rng(0).standard_normal((30, 3)),  # more factors than columns
+        np.repeat(np.random.default_rng(0).standard_normal((30, 1)), 4, axis=1),  # identical columns
+        np.random.default_rng(0).standard_normal((30, 8)) * 1e30,  # huge values
+    ],
+    ids=["constant", "two-rows", "m>P", "duplicates", "huge"],
+)
+def test_quasi_newton_path_survives_degenerate_data(x):
+    model = LinearCorex(M, 0.0, seed=0, optimizer="lbfgs", max_iter=100, **FAST).fit(x)
+    assert np.isfinite(model.w_).all() and np.isfinite(model.mis).all() and np.isfinite(model.objective_)
+    assert model.clusters().shape == (x.shape[1],)
