@@ -53,6 +53,17 @@ def test_parity_with_reference_package(data, reference, optimizer):
     ours, ref = objective(x_std, model.w_), objective(x_std, reference_weights(reference.ws, x_std))
     assert ours <= ref + 0.01 * abs(ref)  # lower is better: no more than 1% worse
     assert model.objective_ == pytest.approx(ours, rel=1e-4)
+    # what the optimiser tracked (for lbfgs: covariance products carried from step to step) is the true value
+    assert model.history_[-1]["objective"] == pytest.approx(ours, rel=1e-4)
+
+
+def test_quasi_newton_step_costs_one_covariance_product(data, monkeypatch):
+    products = []
+    times_cov = _Data.times_cov
+    monkeypatch.setattr(_Data, "times_cov", lambda self, v: products.append(1) or times_cov(self, v))
+    model = LinearCorex(M, 0.0, seed=0, optimizer="lbfgs", **FAST).fit(data[0])
+    # one per step, one per annealing level (the gradient at its start), the start point and fit's final moments
+    assert len(products) <= model.n_iter_ + len(model.history_) + 2
 
 
 def test_same_seed_same_result_other_seed_other_weights(data):

@@ -17,7 +17,7 @@ n x P sample per step (which cost more than the step itself).
 Two optimisers minimise the same objective. `adam` is the research scripts' path: Adam on the noisy forward pass
 (a sampled eps_z per step). `lbfgs` minimises the noise-free objective, a smooth deterministic function, with a
 limited-memory quasi-Newton method that treats the L1 term orthant-wise (OWL-QN, Andrew & Gao 2007): on the
-planted benchmark it reaches the reference package's objective in about 80 steps, where Adam at lr 1e-3 needs
+planted benchmark it reaches the reference package's objective in about 65 steps, where Adam at lr 1e-3 needs
 about 1,000. With an L1 penalty it finds the penalised optimum, exact zeros included, and at the paper's l1 = 0.9
 that optimum is often W = 0 on a small corpus (too little total correlation to pay for any weight): W = 0 is a
 stationary point for every l1 > 0. The scripts' Adam never gets there, and the paper's results rest on that. So
@@ -31,9 +31,9 @@ import math
 import os
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -175,31 +175,42 @@ class _Data:
         self.rows = x if self.cov is not None else _compress(x)
         self.x_sq = (self.rows * self.rows).sum(0) / self.n
 
-    def _times_cov(self, m: torch.Tensor) -> torch.Tensor:
-        """m (k, P) times the covariance x'x / n."""
+    def times_cov(self, v: torch.Tensor) -> torch.Tensor:
+        """v (k, P) times the covariance x'x / n: the one costly operation of a fit."""
         if self.cov is not None:
-            return m @ self.cov
-        return (m @ self.rows.T) @ self.rows / self.n
+            return v @ self.cov
+        return (v @ self.rows.T) @ self.rows / self.n
 
     def moments(self, w: torch.Tensor, eps: float = 0.0, noise=None):
         """`_moments` of weights w (m, P) on this data."""
         if noise is not None:
             return _moments(self.rows, self.n, w, self.x_sq, eps, noise)
-        zx = self._times_cov(w)
-        if eps:
-            zx = (1 - eps * eps) * zx + eps * eps * w
+        zx = _annealed(w, self.times_cov(w), eps)
         zz = zx @ w.T + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
         return zx, zz, (1 - eps * eps) * self.x_sq + eps * eps if eps else self.x_sq
 
+    def value_and_preimage(self, w: torch.Tensor, w_cov: torch.Tensor, eps: float = 0.0):
+        """The noise-free objective of w at annealing level eps, given w and w C (C the covariance); and B (m, P)
+        such that the gradient is B C_eps, C_eps = (1 - eps^2) C + eps^2 I the covariance of the annealed data.
+
+        zx = w C_eps and zz = zx w' + I, so the gradient is (g_zx + (g_zz + g_zz') w) C_eps: the product with the
+        covariance is left to the caller, who often does not need it.
+        """
+        zx = _annealed(w, w_cov, eps)
+        zz = zx @ w.T + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        x_sq = (1 - eps * eps) * self.x_sq + eps * eps if eps else self.x_sq
+        value, g_zx, g_zz = _objective_and_grad(zx, zz, x_sq)
+        return value, g_zx + (g_zz + g_zz.T) @ w
+
     def value_and_grad(self, w: torch.Tensor, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """The noise-free objective of w at annealing level eps, and its gradient with respect to w."""
-        zx, zz, x_sq = self.moments(w, eps)
-        value, g_zx, g_zz = _objective_and_grad(zx, zz, x_sq)
-        g_zx = g_zx + g_zz @ w  # zz = zx w'
-        grad = self._times_cov(g_zx)
-        if eps:
-            grad = (1 - eps * eps) * grad + eps * eps * g_zx
-        return value, grad + g_zz.T @ zx
+        value, pre = self.value_and_preimage(w, self.times_cov(w), eps)
+        return value, _annealed(pre, self.times_cov(pre), eps)
+
+
+def _annealed(v: torch.Tensor, v_cov: torch.Tensor, eps: float) -> torch.Tensor:
+    """v C_eps from v and v C: the annealed data's covariance is C_eps = (1 - eps^2) C + eps^2 I."""
+    return (1 - eps * eps) * v_cov + eps * eps * v if eps else v_cov
 
 
 def objective(x_std: np.ndarray, w: np.ndarray) -> float:
@@ -213,18 +224,55 @@ def objective(x_std: np.ndarray, w: np.ndarray) -> float:
         return float(_objective(*data.moments(torch.as_tensor(np.asarray(w, dtype=np.float64)))))
 
 
-class _OrthantWiseLBFGS:
-    """Limited-memory BFGS for f(w) + l1 |w|_1 with f smooth: OWL-QN (Andrew & Gao, ICML 2007).
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a * b).sum())
 
-    Away from zero it is plain L-BFGS with a weak-Wolfe line search. At w_i = 0 it takes the one-sided
-    derivative that descends, and keeps each step in the orthant it starts from: a weight that would cross zero
-    stops at zero, which is how the L1 term yields exact zeros. Curvature pairs persist across `minimise` calls,
-    since consecutive annealing stages differ only slightly.
+
+@dataclass
+class _Point:
+    """A point of the search: w, w C (C the covariance), objective + L1, B (gradient B C_eps) and, once made, B C."""
+
+    w: torch.Tensor
+    w_cov: torch.Tensor
+    total: float
+    pre: torch.Tensor
+    pre_cov: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+
+
+class _QuasiNewton:
+    """L-BFGS for f(w) + l1 |w|_1, f the noise-free objective, through one annealing level after another.
+
+    f depends on w through w C_eps (`_Data.value_and_preimage`), so each point carries its product w C. Without L1
+    the initial inverse Hessian is gamma C_eps^-1 rather than gamma I: the gradient is B C_eps with B known, so
+    that preconditioner costs nothing, and every direction is then a combination of vectors whose products with C
+    are known. A step costs one product with C (the new gradient), however many points its line search tries; on
+    the planted benchmark the preconditioner also saves a fifth of the steps.
+
+    With L1 it is OWL-QN (Andrew & Gao, ICML 2007): at w_i = 0 it takes the one-sided derivative that descends and
+    keeps each step in the orthant it starts from, so a weight that would cross zero stops at zero, which is how
+    the L1 term yields exact zeros. Its projections and pseudo-gradient do not keep the products known, so that
+    path uses gamma I and pays a product per point. Curvature pairs persist across annealing levels, which differ
+    only slightly.
     """
 
-    def __init__(self, l1: float, memory: int = MEMORY):
-        self.l1 = l1
-        self.pairs: deque[tuple[torch.Tensor, torch.Tensor, float]] = deque(maxlen=memory)
+    def __init__(self, data: _Data, w: torch.Tensor, l1: float, memory: int = MEMORY):
+        self.data, self.w, self.l1 = data, w, l1
+        self.w_cov = data.times_cov(w)
+        # curvature pairs: the step s, s C, the change of B and its C product
+        self.pairs: deque[tuple[torch.Tensor, ...]] = deque(maxlen=memory)
+
+    def _point(self, w: torch.Tensor, w_cov: torch.Tensor, eps: float) -> _Point:
+        value, pre = self.data.value_and_preimage(w, w_cov, eps)
+        total = float(value) + self.l1 * float(w.abs().sum()) if self.l1 else float(value)
+        return _Point(w, w_cov, total, pre)
+
+    def _complete(self, point: _Point, eps: float) -> _Point:
+        """Give the point its gradient: the one product with C a step needs."""
+        if point.grad is None:
+            point.pre_cov = self.data.times_cov(point.pre)
+            point.grad = _annealed(point.pre, point.pre_cov, eps)
+        return point
 
     def _pseudo_gradient(self, w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if not self.l1:
@@ -233,84 +281,102 @@ class _OrthantWiseLBFGS:
         at_zero = torch.where(right < 0, right, torch.where(left > 0, left, torch.zeros_like(grad)))
         return torch.where(w != 0, grad + self.l1 * torch.sign(w), at_zero)
 
-    def _direction(self, pg: torch.Tensor) -> torch.Tensor:
-        """-H pg with H the L-BFGS inverse-Hessian estimate (two-loop recursion)."""
+    def _direction(self, pg: torch.Tensor, point: _Point, eps: float):
+        """-H pg with H the L-BFGS inverse-Hessian estimate (two-loop recursion); and its C product if known."""
+        pairs = []
+        for s, s_cov, dpre, dpre_cov in self.pairs:
+            y = _annealed(dpre, dpre_cov, eps)  # the gradient's change, at this level
+            sy, y_h0 = _dot(s, y), _dot(y, y if self.l1 else dpre)  # y H0 y' / gamma (y C_eps^-1 = dpre)
+            if y_h0 > 0 and sy > _TINY * y_h0:  # positive curvature at this level too
+                pairs.append((s, s_cov, dpre, dpre_cov, y, 1.0 / sy, sy / y_h0))
         q, alphas = -pg, []
-        for s, y, rho in reversed(self.pairs):
-            alphas.append(rho * float((s * q).sum()))
+        q_pre, q_pre_cov = -point.pre, -point.pre_cov  # q = q_pre C_eps (used without L1, where pg = grad)
+        for s, _, dpre, dpre_cov, y, rho, _ in reversed(pairs):
+            alphas.append(rho * _dot(s, q))
             q = q - alphas[-1] * y
-        if self.pairs:
-            s, y, _ = self.pairs[-1]
-            q = q * (float((s * y).sum()) / float((y * y).sum()))
-        for (s, y, rho), alpha in zip(self.pairs, reversed(alphas), strict=True):
-            q = q + (alpha - rho * float((y * q).sum())) * s
-        return q
+            if not self.l1:
+                q_pre, q_pre_cov = q_pre - alphas[-1] * dpre, q_pre_cov - alphas[-1] * dpre_cov
+        d, d_cov = (q, None) if self.l1 else (q_pre, q_pre_cov)  # H0 q
+        if pairs:  # H0 = gamma I or gamma C_eps^-1, scaled by the latest pair
+            gamma = pairs[-1][-1]
+            d, d_cov = gamma * d, None if d_cov is None else gamma * d_cov
+        for (s, s_cov, _, _, y, rho, _), alpha in zip(pairs, reversed(alphas), strict=True):
+            beta = alpha - rho * _dot(y, d)
+            d = d + beta * s
+            d_cov = None if d_cov is None else d_cov + beta * s_cov
+        return d, d_cov
 
-    def _total(self, value: torch.Tensor, w: torch.Tensor) -> float:
-        return float(value) + self.l1 * float(w.abs().sum()) if self.l1 else float(value)
-
-    def _line_search(self, fun: Callable, w: torch.Tensor, d: torch.Tensor, pg: torch.Tensor, total: float):
+    def _line_search(self, point: _Point, d: torch.Tensor, d_cov, pg: torch.Tensor, eps: float):
         """A step along d meeting the weak Wolfe conditions (bisect or double), projected on w's orthant.
 
         Doubling matters: near the random start the objective is flat and curved the wrong way, and a search that
-        only shrinks steps would crawl there. Returns (point, gradient, total), or None if nothing decreases.
+        only shrinks steps would crawl there. Returns the new point, or None if nothing decreases.
         """
-        orthant = torch.where(w != 0, torch.sign(w), -torch.sign(pg))
-        slope = float((pg * d).sum())
+        orthant = torch.where(point.w != 0, torch.sign(point.w), -torch.sign(pg))
+        slope = _dot(pg, d)
+        d_eps = None if d_cov is None else _annealed(d, d_cov, eps)
         low, high, best = 0.0, math.inf, None
-        t = 1.0 if self.pairs else min(1.0, 1.0 / max(float(pg.norm()), _TINY))  # a unit step at first
+        # a unit step; the first one of unit length in H0's metric, |d|_H0^-1 = sqrt(-slope)
+        t = 1.0 if self.pairs else min(1.0, 1.0 / max(math.sqrt(-slope), _TINY))
         for _ in range(40):
-            new = w + t * d
+            w = point.w + t * d
             if self.l1:
-                new = torch.where(torch.sign(new) == orthant, new, 0.0)
-            value, grad = fun(new)
-            new_total = self._total(value, new)
-            if not new_total <= total + 1e-4 * float((pg * (new - w)).sum()):  # NaN fails too
+                w = torch.where(torch.sign(w) == orthant, w, 0.0)
+            new = self._point(w, self.data.times_cov(w) if d_cov is None else point.w_cov + t * d_cov, eps)
+            if not new.total <= point.total + 1e-4 * _dot(pg, w - point.w):  # NaN fails too
                 high = t
             else:
-                best = new, grad, new_total
-                if float((self._pseudo_gradient(new, grad) * d).sum()) >= 0.9 * slope:
-                    return best
+                best = new
+                if d_eps is not None:  # grad . d = B C_eps . d = B . d C_eps
+                    new_slope = _dot(new.pre, d_eps)
+                else:
+                    new_slope = _dot(self._pseudo_gradient(w, self._complete(new, eps).grad), d)
+                if new_slope >= 0.9 * slope:
+                    break
                 low = t
             t = 2 * low if high == math.inf else (low + high) / 2
             if high - low < 1e-10 * t:
                 break
-        return best
+        return None if best is None else self._complete(best, eps)
 
-    def minimise(self, fun: Callable, w: torch.Tensor, max_steps: int, tol: float) -> tuple[int, float]:
-        """Minimise fun(w) + l1 |w|_1 in place from w; fun returns (value, gradient).
+    def minimise(self, eps: float, max_steps: int, tol: float) -> tuple[int, float]:
+        """Minimise the objective at level eps plus l1 |w|_1 from the current w (updated in place).
 
         Stops after `max_steps`, or when the last `QN_WINDOW` steps lowered the total by at most `tol` each on
         average, relative to it (or 1): a single short step, common on a plateau, does not stop it.
         Returns the steps taken and the total reached.
         """
-        value, grad = fun(w)
-        total = self._total(value, w)
-        recent = deque([total], maxlen=QN_WINDOW + 1)
-        for step in range(1, max_steps + 1):
-            pg = self._pseudo_gradient(w, grad)
-            d = self._direction(pg)
+        point = self._complete(self._point(self.w, self.w_cov, eps), eps)
+        recent = deque([point.total], maxlen=QN_WINDOW + 1)
+        steps = 0
+        while steps < max_steps:
+            pg = self._pseudo_gradient(point.w, point.grad)
+            d, d_cov = self._direction(pg, point, eps)
             if self.l1:
                 d = torch.where(d * pg < 0, d, 0.0)  # only where the pseudo-gradient says descend
-            if float((pg * d).sum()) >= 0:  # stale curvature: start again from steepest descent
+            if _dot(pg, d) >= 0:  # stale curvature: start again from the first direction
                 if not self.pairs:
-                    return step - 1, total  # pg = 0: a minimum
+                    break  # pg = 0: a minimum
                 self.pairs.clear()
-                d = -pg
-            found = self._line_search(fun, w, d, pg, total)
-            if found is None:  # no decrease left at this precision
-                return step - 1, total
-            new, new_grad, new_total = found
-            s, y = new - w, new_grad - grad
-            sy = float((s * y).sum())
-            if sy > _TINY * float((y * y).sum()):  # keep only pairs of positive curvature
-                self.pairs.append((s, y, 1.0 / sy))
-            w.copy_(new)
-            grad, total = new_grad, new_total
-            recent.append(total)
-            if len(recent) > QN_WINDOW and recent[0] - total <= QN_WINDOW * tol * max(abs(total), 1.0):
-                return step, total
-        return max_steps, total
+                continue
+            new = self._line_search(point, d, d_cov, pg, eps)
+            if new is None:  # no decrease left at this precision
+                break
+            steps += 1
+            s, y = new.w - point.w, new.grad - point.grad
+            # keep pairs of positive curvature only: a memory full of bad ones stalls OWL-QN
+            if _dot(s, y) > _TINY * _dot(y, y):
+                self.pairs.append(
+                    (s, new.w_cov - point.w_cov, new.pre - point.pre, new.pre_cov - point.pre_cov)
+                )
+            point = new
+            recent.append(point.total)
+            gain = recent[0] - point.total
+            if len(recent) > QN_WINDOW and gain <= QN_WINDOW * tol * max(abs(point.total), 1.0):
+                break
+        self.w.copy_(point.w)
+        self.w_cov = point.w_cov
+        return steps, point.total
 
 
 @contextmanager
@@ -332,7 +398,8 @@ class LinearCorex:
     objective plus L1 through the annealing stages eps = 0.6^1..0.6^6, 0 with `optimizer`:
 
     - `auto` (default): `lbfgs` when l1 = 0, else `adam` (see the module docstring for why).
-    - `lbfgs`: the noise-free objective, deterministic, by OWL-QN (L-BFGS with an orthant-wise L1).
+    - `lbfgs`: the noise-free objective, deterministic, by L-BFGS preconditioned with the data's covariance
+      (OWL-QN, unpreconditioned, with L1).
       Annealing stages take `ANNEAL_QN_STEPS` steps each; the final stage stops when a step lowers the total by
       less than `tol` (relative), or after `max_iter` steps.
     - `adam`: the research scripts' optimiser, Adam at `lr` on the noisy forward pass (full batch, one optimiser
@@ -430,12 +497,12 @@ class LinearCorex:
         return self
 
     def _train_lbfgs(self, data: _Data, w: torch.Tensor, schedule) -> list[dict]:
-        """OWL-QN through the stages; per stage: eps, steps and the noise-free objective + L1 it reached."""
-        solver = _OrthantWiseLBFGS(self.l1)
+        """`_QuasiNewton` through the stages; per stage: eps, steps and the noise-free objective + L1 it reached."""
+        solver = _QuasiNewton(data, w, self.l1)
         history = []
         for eps in schedule:
             limit = ANNEAL_QN_STEPS if eps > 0 else self.max_iter
-            steps, total = solver.minimise(partial(data.value_and_grad, eps=eps), w, limit, self.tol)
+            steps, total = solver.minimise(eps, limit, self.tol)
             history.append({"eps": eps, "steps": steps, "objective": total})
         return history
 
