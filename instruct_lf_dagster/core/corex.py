@@ -181,11 +181,11 @@ class _Data:
             return v @ self.cov
         return (v @ self.rows.T) @ self.rows / self.n
 
-    def moments(self, w: torch.Tensor, eps: float = 0.0, noise=None):
-        """`_moments` of weights w (m, P) on this data."""
+    def moments(self, w: torch.Tensor, eps: float = 0.0, noise=None, *, w_cov: torch.Tensor | None = None):
+        """`_moments` of weights w (m, P) on this data; without noise, w_cov = w C saves the product if known."""
         if noise is not None:
             return _moments(self.rows, self.n, w, self.x_sq, eps, noise)
-        zx = _annealed(w, self.times_cov(w), eps)
+        zx = _annealed(w, self.times_cov(w) if w_cov is None else w_cov, eps)
         zz = zx @ w.T + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
         return zx, zz, (1 - eps * eps) * self.x_sq + eps * eps if eps else self.x_sq
 
@@ -196,10 +196,7 @@ class _Data:
         zx = w C_eps and zz = zx w' + I, so the gradient is (g_zx + (g_zz + g_zz') w) C_eps: the product with the
         covariance is left to the caller, who often does not need it.
         """
-        zx = _annealed(w, w_cov, eps)
-        zz = zx @ w.T + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
-        x_sq = (1 - eps * eps) * self.x_sq + eps * eps if eps else self.x_sq
-        value, g_zx, g_zz = _objective_and_grad(zx, zz, x_sq)
+        value, g_zx, g_zz = _objective_and_grad(*self.moments(w, eps, w_cov=w_cov))
         return value, g_zx + (g_zz + g_zz.T) @ w
 
     def value_and_grad(self, w: torch.Tensor, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
