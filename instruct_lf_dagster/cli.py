@@ -26,10 +26,11 @@ EVALUATIONS = {
 
 def _table_command(command: str, modules: dict[str, str]):
     def run(args: argparse.Namespace) -> dict:
-        if (
-            command == "eval"
-        ):  # evaluations run for many minutes: progress to stderr, stdout stays the results
+        if command == "eval":
+            # Evaluations run for many minutes: progress to stderr, stdout stays the results. litellm's own
+            # INFO lines (four per LLM call, twice over through its handler and ours) would bury that progress.
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+            logging.getLogger("LiteLLM").setLevel(logging.WARNING)
         module = importlib.import_module(modules[args.name])
         parser = argparse.ArgumentParser(
             prog=f"instruct-lf {command} {args.name}", description=module.__doc__

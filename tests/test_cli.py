@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+
 import pytest
 
 from instruct_lf_dagster import cli
@@ -23,3 +26,24 @@ def test_an_unknown_evaluation_is_refused(capsys):
         cli.main(["eval", "nonsense"])
     assert exit_.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_evaluation_progress_is_not_buried_under_litellm_call_logs(tmp_path, monkeypatch, caplog):
+    (tmp_path / "calls_llm.py").write_text(
+        "import logging\n"
+        "import litellm\n"
+        "def add_arguments(parser):\n"
+        "    pass\n"
+        "def main(args):\n"
+        "    litellm.completion(model='gpt-3.5-turbo', messages=[{'role': 'user', 'content': 'hi'}],\n"
+        "                      mock_response='hello')\n"
+        "    logging.getLogger('evaluation').info('proposals: 1/1')\n"
+        "    return {}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(logging.getLogger("LiteLLM"), "level", logging.NOTSET)  # as in a fresh process
+    caplog.set_level(logging.INFO)
+    run = cli._table_command("eval", {"calls-llm": "calls_llm"})
+    run(argparse.Namespace(name="calls-llm", options=[]))
+    assert [r.getMessage() for r in caplog.records if r.name == "evaluation"] == ["proposals: 1/1"]
+    assert not [r for r in caplog.records if r.name.startswith("LiteLLM") and r.levelno < logging.WARNING]
