@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 
 import numpy as np
@@ -149,3 +150,24 @@ def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
     assert keyword_llm.calls == 16  # every proposal came from the response cache
     assert second["balanced_accuracy"] == first["balanced_accuracy"]
     assert second["std"] == first["std"]
+
+    # Two penalties: the one whose factors score best on the fit part's own labels is used and named.
+    capsys.readouterr()
+    chosen = probe.main(args_for(path, "--methods", methods, "--l1", "0.9,0"))
+    progress = capsys.readouterr().err  # progress goes to stderr
+    line = next(x for x in progress.splitlines() if x.startswith("l1 chosen on the fit part"))
+    by_l1 = ast.literal_eval(line.split("by l1: ", 1)[1].rstrip(")"))
+    best = max(by_l1, key=by_l1.get)
+    assert set(by_l1) == {0.9, 0.0} and line.startswith(f"l1 chosen on the fit part: {best:g} ")
+    assert f"l1 {best:g};" in chosen["notes"]["instruct_lf"]
+    if best == 0.9:  # the default's factors, so the default's numbers
+        assert chosen["balanced_accuracy"] == first["balanced_accuracy"]
+    assert keyword_llm.calls == 16
+
+
+@pytest.mark.parametrize("bad", ["abc", "", "0.9,-1"])
+def test_bad_l1_lists_are_refused_clearly(tmp_path, bad):
+    path = tmp_path / "reviews.jsonl"
+    write(reviews(8), path)
+    with pytest.raises(SystemExit, match="--l1"):
+        probe.main(args_for(path, "--l1", bad))

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.evaluation import representations
-from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table
+from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, penalties
 
 log = logging.getLogger(__name__)
 
@@ -347,12 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     """Run every method for every seed; print the table (mean ± std over seeds) and the final JSON line."""
-    try:
-        l1s = [float(v) for v in str(args.l1).split(",") if v.strip()]
-    except ValueError:
-        l1s = []
-    if not l1s or min(l1s) < 0:
-        raise SystemExit(f"--l1: expected penalties >= 0 separated by commas, got {args.l1!r}")
+    l1s = penalties(args.l1)
     data = Inspired.load(args.data)
     proposals = load_proposals(args.proposals or Path(args.data) / PROPOSALS_FILE, data)
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]

@@ -37,7 +37,7 @@ import pandas as pd
 
 from instruct_lf_dagster.core.paths import data_dir
 from instruct_lf_dagster.core.proposals import Example, Goal, Proposals
-from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table
+from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, penalties
 
 if TYPE_CHECKING:  # torch comes with them: loaded only when factors are discovered
     from instruct_lf_dagster.core.factors import Factors
@@ -152,8 +152,9 @@ def evaluate(
     return scores
 
 
-def refit_factors(model: InstructLF, corpus: Sequence[str], seed: int) -> Factors:
-    """A fitted model's factors again, from Linear CorEx with another seed on the same linker's matrix.
+def refit_factors(model: InstructLF, corpus: Sequence[str], seed: int, l1: float | None = None) -> Factors:
+    """A fitted model's factors again, from Linear CorEx with another seed (and L1 penalty, default the model's)
+    on the same linker's matrix.
 
     Fine-tuning the linker is the costly step on a CPU, so one linker serves every seed of a run.
     """
@@ -162,13 +163,39 @@ def refit_factors(model: InstructLF, corpus: Sequence[str], seed: int) -> Factor
 
     corex = LinearCorex(
         model.factors_.n_factors,
-        l1=model.l1,
+        l1=model.l1 if l1 is None else l1,
         seed=seed,
         device=model.device,
         max_iter=model.max_iter,
         threads=model.threads,
     )
     return Factors(corex.fit(model.compatibility(corpus)), model.vocabulary_.properties)
+
+
+def choose_l1(
+    model: InstructLF,
+    texts: Sequence[str],
+    labels: dict[str, np.ndarray],
+    l1s: Sequence[float],
+    *,
+    folds: int = FOLDS,
+    seed: int = 0,
+) -> tuple[float, Factors, dict[float, float]]:
+    """The L1 penalty whose factors score best on the fit part itself (`texts`, `labels`: mean balanced accuracy
+    over label fields and classifiers); the evaluation part is not looked at. Ties go to the first penalty,
+    whose factors are the model's. Returns (penalty, its factors, score per penalty)."""
+    x = model.compatibility(texts)
+    candidates = {l1s[0]: model.factors_} | {
+        l1: refit_factors(model, texts, seed, l1) for l1 in l1s[1:] if l1 != l1s[0]
+    }
+
+    def score(factors: Factors) -> float:
+        result = evaluate({"factors": factors.scores(x)}, labels, folds=folds, seed=seed)
+        return float(np.mean([values["factors"] for values in result.values()]))
+
+    scores = {l1: score(factors) for l1, factors in candidates.items()}
+    best = max(scores, key=scores.get)
+    return best, candidates[best], scores
 
 
 # --- built-in public sets ---------------------------------------------------------------------------------
@@ -324,7 +351,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="litellm model string (default: the LLM resource's)")
     parser.add_argument("--factors", type=int, default=0, help="number of factors (0 = one per 8 properties)")
     parser.add_argument(
-        "--l1", type=float, default=0.9, help="CorEx L1 penalty (the paper's value for bills)"
+        "--l1",
+        default="0.9",
+        help="CorEx L1 penalty (default 0.9, the paper's for bills); several, comma-separated, are chosen between "
+        "by cross-validation on the fit part's labels (ties: the first)",
     )
     parser.add_argument(
         "--linker-epochs",
@@ -385,6 +415,7 @@ def main(args: argparse.Namespace) -> dict:
             f"unknown methods {unknown} (known: {', '.join(METHODS)})" if unknown else "no seeds"
         )
 
+    l1s = penalties(args.l1)
     builtin = BUILTINS[args.data]() if args.data in BUILTINS else None
     path = write_builtin(args.data) if builtin else Path(args.data)
     label_fields = args.label_fields or (list(builtin.labels) if builtin else [])
@@ -419,13 +450,20 @@ def main(args: argparse.Namespace) -> dict:
         _say(f"discovering factors (linker seed {seeds[0]})")
         model = InstructLF(
             n_factors=args.factors or None,
-            l1=args.l1,
+            l1=l1s[0],
             linker_epochs=args.linker_epochs,
             max_iter=args.corex_iter,
             seed=seeds[0],
         ).fit(proposed, proposals.properties, corpus=fit_texts)
+        chosen, factors = l1s[0], model.factors_
+        if len(l1s) > 1:
+            fit_labels = {field: frame[field].iloc[fit].to_numpy() for field in label_fields}
+            chosen, factors, by_l1 = choose_l1(
+                model, fit_texts, fit_labels, l1s, folds=args.folds, seed=seeds[0]
+            )
+            _say(f"l1 chosen on the fit part: {chosen:g} (mean balanced accuracy by l1: {by_l1})")
         notes["instruct_lf"] = (
-            f"{len(model.vocabulary_)} properties -> {model.factors_.n_factors} factors; "
+            f"{len(model.vocabulary_)} properties -> {model.factors_.n_factors} factors, l1 {chosen:g}; "
             f"linker {model.linker_report_.epochs_run} epochs"
         )
     runs: list[Scores] = []
@@ -436,7 +474,8 @@ def main(args: argparse.Namespace) -> dict:
         if "bertopic" in methods:
             features["bertopic"] = rep.bertopic_topics(fit_texts, texts, seed=seed)
         if model is not None:
-            factors = model.factors_ if seed == seeds[0] else refit_factors(model, fit_texts, seed)
+            if seed != seeds[0]:
+                factors = refit_factors(model, fit_texts, seed, chosen)
             features["instruct_lf"] = factors.scores(model.compatibility(texts))
         runs.append(evaluate({m: features[m] for m in methods}, labels, folds=args.folds, seed=seed))
         _say(f"seed {seed}: scored")

@@ -9,6 +9,17 @@ import numpy as np
 Scores = dict[str, dict[str, float]]  # metric -> method -> value, for one seed
 
 
+def penalties(text: str) -> list[float]:
+    """The `--l1` option: one CorEx L1 penalty or several, comma-separated (the first is the default choice)."""
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise SystemExit(f"--l1: expected penalties >= 0 separated by commas, got {text!r}")
+    return values
+
+
 def aggregate(runs: Sequence[Scores]) -> tuple[Scores, Scores]:
     """(mean, std) over runs of metric -> method -> value; a method missing from a run is left out of it."""
     means: Scores = {}
