@@ -173,6 +173,12 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
     assert "l1=0.9" in row or "l1=0" in row
     if "l1=0.9" in row:
         assert chosen["hit@20"] == first["hit@20"]
+    args.l1, args.factors = "0.9", "2,3"  # factor counts are chosen the same way
+    sized = inspired.main(args)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("instruct_lf"))
+    assert ("m=2" in row or "m=3" in row) and "l1=" not in row
+    if "m=2" in row:
+        assert sized["hit@20"] == first["hit@20"]
     assert set(first["hit@20"]) == {"popularity", "raw_embedding", "lda", "instruct_lf"}
     assert all(0.0 <= v <= 1.0 for v in first["hit@20"].values())
 
@@ -186,9 +192,12 @@ def test_unusable_proposal_files_name_the_file(tmp_path, content):
         inspired.load_proposals(path, data)
 
 
-@pytest.mark.parametrize("bad", ["abc", "", "0.9,-1"])
-def test_bad_l1_lists_are_refused_clearly(bad):
+@pytest.mark.parametrize(
+    ("option", "bad"),
+    [("--l1", "abc"), ("--l1", ""), ("--l1", "0.9,-1"), ("--factors", "0"), ("--factors", "2.5")],
+)
+def test_bad_setting_lists_are_refused_clearly(option, bad):
     parser = argparse.ArgumentParser()
     inspired.add_arguments(parser)
-    with pytest.raises(SystemExit, match="--l1"):
-        inspired.main(parser.parse_args(["--l1", bad]))
+    with pytest.raises(SystemExit, match=option):
+        inspired.main(parser.parse_args([option, bad]))

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.evaluation import representations
-from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, penalties
+from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, numbers
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,9 @@ class Settings:
 
     n_factors: int = 368
     l1: float = 0.9
-    # other penalties, chosen between with `l1` by Hit@20 on the held-out training rows
+    # other penalties and factor counts, chosen between by Hit@20 on the held-out training rows
     l1_alternatives: tuple[float, ...] = ()
+    factor_alternatives: tuple[int, ...] = ()
     truncation: str = "tail"
     linker_epochs: int = 20
     linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
@@ -263,22 +264,25 @@ def evaluate_seed(
         if "compatibility" in methods:
             record("compatibility", *knn_scores(rows[: len(train)], rows[len(train) :], data))
         if "instruct_lf" in methods:
-            candidates = {settings.l1: model.factors_}
-            if settings.l1_alternatives:
-                corpus = model.compatibility(data.contexts())
-                for l1 in settings.l1_alternatives:
-                    corex = LinearCorex(model.factors_.n_factors, l1, seed=seed, max_iter=model.max_iter)
-                    candidates[l1] = Factors(corex.fit(corpus), model.vocabulary_.properties)
-            # Settings are chosen on the held-out training rows only (ties: the paper's l1, listed first).
+            l1s = dict.fromkeys((settings.l1, *settings.l1_alternatives))
+            sizes = dict.fromkeys((settings.n_factors, *settings.factor_alternatives))
+            candidates = {(settings.n_factors, settings.l1): model.factors_}
+            corpus = model.compatibility(data.contexts()) if len(l1s) * len(sizes) > 1 else None
+            for m in sizes:
+                for l1 in l1s:
+                    if (m, l1) not in candidates:
+                        corex = LinearCorex(m, l1, seed=seed, max_iter=model.max_iter)
+                        candidates[m, l1] = Factors(corex.fit(corpus), model.vocabulary_.properties)
+            # Settings are chosen on the held-out training rows only (ties: the first listed, the paper's).
             held_out = {
-                l1: choose_neighbours(f.scores(rows[: len(train)]), data)[1] for l1, f in candidates.items()
+                key: choose_neighbours(f.scores(rows[: len(train)]), data)[1] for key, f in candidates.items()
             }
-            l1 = max(held_out, key=held_out.get)
-            factors = candidates[l1].scores(rows)
+            m, l1 = max(held_out, key=held_out.get)
+            factors = candidates[m, l1].scores(rows)
             record("instruct_lf", *knn_scores(factors[: len(train)], factors[len(train) :], data))
+            chosen["instruct_lf"] += f" m={m}" * (len(sizes) > 1) + f" l1={l1:g}" * (len(l1s) > 1)
             if len(candidates) > 1:
-                chosen["instruct_lf"] += f" l1={l1:g}"
-                log.info("inspired seed %d: held-out Hit@20 by l1: %s", seed, held_out)
+                log.info("inspired seed %d: held-out Hit@20 by (factors, l1): %s", seed, held_out)
     return scores, chosen, seconds
 
 
@@ -310,7 +314,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
     )
-    parser.add_argument("--factors", type=int, default=Settings.n_factors, help="CorEx factors (default 368)")
+    parser.add_argument(
+        "--factors",
+        default=str(Settings.n_factors),
+        help="CorEx factors (default 368); several, comma-separated, are chosen between like --l1",
+    )
     parser.add_argument(
         "--l1",
         default=str(Settings.l1),
@@ -347,7 +355,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     """Run every method for every seed; print the table (mean ± std over seeds) and the final JSON line."""
-    l1s = penalties(args.l1)
+    l1s = numbers(args.l1, "--l1")
+    sizes = numbers(args.factors, "--factors", int, 1)
     data = Inspired.load(args.data)
     proposals = load_proposals(args.proposals or Path(args.data) / PROPOSALS_FILE, data)
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
@@ -356,16 +365,17 @@ def main(args: argparse.Namespace) -> dict:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     settings = Settings(
-        args.factors,
-        l1s[0],
-        tuple(l1s[1:]),
-        args.truncation,
-        args.linker_epochs,
-        args.linker_documents,
-        args.max_seq_length,
+        n_factors=sizes[0],
+        l1=l1s[0],
+        l1_alternatives=tuple(l1s[1:]),
+        factor_alternatives=tuple(sizes[1:]),
+        truncation=args.truncation,
+        linker_epochs=args.linker_epochs,
+        linker_documents=args.linker_documents,
+        max_seq_length=args.max_seq_length,
         linker_dir=args.linker,
     )
-    runs, notes = [], {}
+    runs, notes, per_seed = [], {}, {}
     if "bertopic" in methods and not representations.bertopic_available():
         notes["bertopic"] = "skipped: pip install 'instruct-lf-dagster[baselines]'"
     started = time.perf_counter()
@@ -373,7 +383,7 @@ def main(args: argparse.Namespace) -> dict:
         scores, chosen, seconds = evaluate_seed(data, proposals, seed, settings, methods)
         runs.append(scores)
         for method, note in chosen.items():
-            notes[method] = note if method not in notes else f"{notes[method]}; {note}"
+            per_seed.setdefault(method, []).append(note)
         log.info("seed %d seconds: %s", seed, {k: round(v, 1) for k, v in seconds.items()})
     means, stds = aggregate(runs)
     result = summary(means)
@@ -384,6 +394,9 @@ def main(args: argparse.Namespace) -> dict:
             f"INSPIRED: {len(data.train_dialogues)} training rows, {len(data.test_dialogues)} test dialogues, "
             f"proposals for {len(proposals)} of {len(data.contexts())} training contexts, seeds {seeds}\n{settings}"
         )
+        # A choice made the same way for every seed is shown once, else one per seed, in seed order.
+        for method, chosen in per_seed.items():
+            notes[method] = chosen[0] if len(set(chosen)) == 1 else "; ".join(chosen)
         print(format_table(means, stds, notes=notes))
     print(json.dumps(result))
     return result

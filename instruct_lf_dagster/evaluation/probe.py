@@ -37,7 +37,7 @@ import pandas as pd
 
 from instruct_lf_dagster.core.paths import data_dir
 from instruct_lf_dagster.core.proposals import Example, Goal, Proposals
-from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, penalties
+from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, numbers
 
 if TYPE_CHECKING:  # torch comes with them: loaded only when factors are discovered
     from instruct_lf_dagster.core.factors import Factors
@@ -415,7 +415,7 @@ def main(args: argparse.Namespace) -> dict:
             f"unknown methods {unknown} (known: {', '.join(METHODS)})" if unknown else "no seeds"
         )
 
-    l1s = penalties(args.l1)
+    l1s = numbers(args.l1, "--l1")
     builtin = BUILTINS[args.data]() if args.data in BUILTINS else None
     path = write_builtin(args.data) if builtin else Path(args.data)
     label_fields = args.label_fields or (list(builtin.labels) if builtin else [])

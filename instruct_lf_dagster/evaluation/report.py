@@ -9,14 +9,16 @@ import numpy as np
 Scores = dict[str, dict[str, float]]  # metric -> method -> value, for one seed
 
 
-def penalties(text: str) -> list[float]:
-    """The `--l1` option: one CorEx L1 penalty or several, comma-separated (the first is the default choice)."""
+def numbers(text: str, option: str, kind: type = float, minimum: float = 0) -> list:
+    """A comma-separated option (`--l1 0.9,0`): one value, or several to choose between (the first is the default).
+
+    Anything else, or a value under `minimum`, stops the program with a message naming the option."""
     try:
-        values = [float(v) for v in str(text).split(",") if v.strip()]
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 0:
-        raise SystemExit(f"--l1: expected penalties >= 0 separated by commas, got {text!r}")
+    if not values or min(values) < minimum:
+        raise SystemExit(f"{option}: expected values >= {minimum} separated by commas, got {text!r}")
     return values
 
 
