@@ -201,3 +201,20 @@ def test_bad_setting_lists_are_refused_clearly(option, bad):
     inspired.add_arguments(parser)
     with pytest.raises(SystemExit, match=option):
         inspired.main(parser.parse_args([option, bad]))
+
+
+def test_raw_embeddings_are_encoded_once_across_seeds(monkeypatch):
+    from instruct_lf_dagster.core.compatibility import EmbeddingCache
+    from instruct_lf_dagster.core.linker import Linker
+    from instruct_lf_dagster.evaluation.representations import raw_embeddings
+
+    texts = ["User: a scary film please.\nSystem: ", "User: something funny?\nSystem: "]
+    cache = EmbeddingCache()
+    first = raw_embeddings(texts, truncation="tail", cache=cache)
+    np.testing.assert_allclose(first, raw_embeddings(texts, truncation="tail"), atol=1e-6)
+
+    def encode_again(self, texts, batch_size=64):
+        raise AssertionError(f"encoded again: {texts}")
+
+    monkeypatch.setattr(Linker, "encode_documents", encode_again)
+    np.testing.assert_array_equal(raw_embeddings(texts, truncation="tail", cache=cache), first)

@@ -19,12 +19,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.evaluation import representations
 from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, numbers
+
+if TYPE_CHECKING:
+    from instruct_lf_dagster.core.compatibility import EmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +195,18 @@ class Settings:
 
 
 def evaluate_seed(
-    data: Inspired, proposals: dict[str, list[str]], seed: int, settings: Settings, methods: Sequence[str]
+    data: Inspired,
+    proposals: dict[str, list[str]],
+    seed: int,
+    settings: Settings,
+    methods: Sequence[str],
+    cache: EmbeddingCache | None = None,
 ) -> tuple[Scores, dict[str, str], dict[str, float]]:
-    """One seed of every method: (metric -> method -> value, chosen n per method, seconds per method)."""
+    """One seed of every method: (metric -> method -> value, chosen n per method, seconds per method).
+
+    `cache` keeps embeddings across seeds: the raw encoder's, and a reused linker's, do not depend on the seed.
+    """
+    from instruct_lf_dagster.core.compatibility import EmbeddingCache
     from instruct_lf_dagster.core.corex import LinearCorex
     from instruct_lf_dagster.core.factors import Factors
     from instruct_lf_dagster.core.linker import CONFIG_FILE, Linker
@@ -220,7 +233,7 @@ def evaluate_seed(
     timed("popularity", lambda: record("popularity", popularity_scores(data)))
 
     def embeddings() -> None:
-        vectors = representations.raw_embeddings(train + test, truncation=settings.truncation)
+        vectors = representations.raw_embeddings(train + test, truncation=settings.truncation, cache=cache)
         record("raw_embedding", *knn_scores(vectors[: len(train)], vectors[len(train) :], data))
 
     timed("raw_embedding", embeddings)
@@ -249,6 +262,7 @@ def evaluate_seed(
             linker_epochs=settings.linker_epochs,
             max_seq_length=settings.max_seq_length,
             seed=seed,
+            cache=cache if cache is not None else EmbeddingCache(),
         )
         # The linker learns from the dialogues with proposals; the matrix and CorEx cover every training one.
         saved = Path(settings.linker_dir) if settings.linker_dir else None
@@ -355,6 +369,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     """Run every method for every seed; print the table (mean ± std over seeds) and the final JSON line."""
+    from instruct_lf_dagster.core.compatibility import EmbeddingCache
+
     l1s = numbers(args.l1, "--l1")
     sizes = numbers(args.factors, "--factors", int, 1)
     data = Inspired.load(args.data)
@@ -379,8 +395,9 @@ def main(args: argparse.Namespace) -> dict:
     if "bertopic" in methods and not representations.bertopic_available():
         notes["bertopic"] = "skipped: pip install 'instruct-lf-dagster[baselines]'"
     started = time.perf_counter()
+    cache = EmbeddingCache()
     for seed in seeds:
-        scores, chosen, seconds = evaluate_seed(data, proposals, seed, settings, methods)
+        scores, chosen, seconds = evaluate_seed(data, proposals, seed, settings, methods, cache)
         runs.append(scores)
         for method, note in chosen.items():
             per_seed.setdefault(method, []).append(note)

@@ -7,20 +7,33 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from instruct_lf_dagster.core.encoder import load_encoder
 
+if TYPE_CHECKING:
+    from instruct_lf_dagster.core.compatibility import EmbeddingCache
+
 LDA_TOPICS = 50
 LDA_VOCABULARY = 5000
 
 
-def raw_embeddings(texts: Sequence[str], *, truncation: str = "head", batch_size: int = 64) -> np.ndarray:
-    """all-MiniLM-L6-v2 embeddings (normalised), untrained: what the linker starts from."""
+def raw_embeddings(
+    texts: Sequence[str],
+    *,
+    truncation: str = "head",
+    batch_size: int = 64,
+    cache: EmbeddingCache | None = None,
+) -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings (normalised), untrained: what the linker starts from.
+
+    With `cache`, texts it already holds for this encoder are not encoded again (e.g. by a later seed)."""
+    from instruct_lf_dagster.core.compatibility import encode_cached
     from instruct_lf_dagster.core.linker import Linker
 
-    return Linker(truncation=truncation).encode_documents(list(texts), batch_size=batch_size)
+    return encode_cached(Linker(truncation=truncation), list(texts), "document", cache, batch_size)
 
 
 def lda_topics(
