@@ -131,6 +131,25 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert loaded.fingerprint == linker.fingerprint
     texts = [" ".join(["early words"] * 40 + ["the latest turn about comets"]), "Falcon signal"]
     np.testing.assert_array_equal(loaded.encode_documents(texts), linker.encode_documents(texts))
+    longer = Linker.load(tmp_path / "linker", max_seq_length=96)  # same weights, encoding a longer tail
+    assert longer.max_seq_length == longer.model.max_seq_length == 96
+    assert not np.allclose(longer.encode_documents(texts[:1]), linker.encode_documents(texts[:1]))
+    np.testing.assert_allclose(
+        longer.encode_documents(texts[1:]), linker.encode_documents(texts[1:]), atol=1e-6
+    )
+
+
+@pytest.mark.integration
+def test_a_shorter_training_length_cuts_training_texts_only() -> None:
+    documents, proposals = synthetic(1, seed=0)  # documents of 20-30 tokens
+    full, short = Linker(max_seq_length=48), Linker(max_seq_length=48)
+    for linker, length in ((full, None), (short, 8)):
+        linker.fit(documents, proposals, epochs=1, batch_size=8, val_fraction=0, max_seq_length=length)
+    assert short.fingerprint != full.fingerprint  # it trained on other (cut) texts
+    assert short.max_seq_length == short.model.max_seq_length == 48
+    ends = [" ".join(["so"] * 30 + [end]) for end in ("comet nebula galaxy", "flour butter oven")]
+    first, second = short.encode_documents(ends)  # the ends lie past token 8 and still count
+    assert float(first @ second) < 0.99
 
 
 @pytest.mark.integration

@@ -172,17 +172,51 @@ class Linker:
         val_fraction: float = 0.1,
         seed: int = 0,
         mini_batch_size: int = 32,
+        max_seq_length: int | None = None,
         progress: Callable[[int, float, float | None], None] | None = None,
     ) -> LinkerReport:
         """Fine-tune on (document, proposed property) pairs with in-batch negatives.
 
         A seeded `val_fraction` of the pairs is held out; training stops once its loss has not improved
         for `patience` epochs and the best weights are kept. Batches larger than `mini_batch_size` are
-        embedded in chunks with cached gradients (same loss, bounded memory). `progress(epoch,
-        train_loss, val_loss)` is called after every epoch.
+        embedded in chunks with cached gradients (same loss, bounded memory). `max_seq_length` cuts texts
+        shorter while training only (cost grows with it; None: the linker's own length, which encoding keeps
+        using). `progress(epoch, train_loss, val_loss)` is called after every epoch.
         """
+        self.model.max_seq_length = max_seq_length or self.max_seq_length
+        try:
+            return self._fit(
+                positive_pairs(documents, proposals),
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                warmup=warmup,
+                patience=patience,
+                val_fraction=val_fraction,
+                seed=seed,
+                mini_batch_size=mini_batch_size,
+                progress=progress,
+            )
+        finally:
+            self.model.max_seq_length = self.max_seq_length
+            self.model.eval()
+            self._fingerprint = None
+
+    def _fit(
+        self,
+        pairs: list[Pair],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        warmup: float,
+        patience: int,
+        val_fraction: float,
+        seed: int,
+        mini_batch_size: int,
+        progress: Callable[[int, float, float | None], None] | None,
+    ) -> LinkerReport:
         started = time.perf_counter()
-        pairs = positive_pairs(documents, proposals)
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(pairs), generator=generator).tolist()
         n_val = round(val_fraction * len(pairs))
@@ -249,8 +283,6 @@ class Linker:
                         break
         if best_state is not None:
             self.model.load_state_dict(best_state)
-        self.model.eval()
-        self._fingerprint = None
         report.seconds = time.perf_counter() - started
         return report
 
@@ -286,8 +318,8 @@ class Linker:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> Linker:
-        """A linker saved by `save`."""
+    def load(cls, path: str | Path, device: str = "cpu", max_seq_length: int | None = None) -> Linker:
+        """A linker saved by `save`; `max_seq_length` encodes at another length than the saved one."""
         from sentence_transformers import SentenceTransformer
 
         path = Path(path)
@@ -295,7 +327,10 @@ class Linker:
         # Loaded fresh, not through the shared encoder cache: a linker owns (and may retrain) its model.
         model = SentenceTransformer(str(path), device=device, local_files_only=True)
         return cls(
-            model, truncation=config["truncation"], max_seq_length=config["max_seq_length"], device=device
+            model,
+            truncation=config["truncation"],
+            max_seq_length=max_seq_length or config["max_seq_length"],
+            device=device,
         )
 
 

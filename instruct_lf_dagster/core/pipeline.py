@@ -45,6 +45,9 @@ class InstructLF:
     linker_batch_size: int = 512
     linker_patience: int = 2
     max_seq_length: int = 256
+    linker_seq_length: int | None = (
+        None  # shorter texts while fine-tuning only (CPU time); None: max_seq_length
+    )
     max_iter: int = 1000
     seed: int = 0
     device: str = "cpu"
@@ -90,6 +93,7 @@ class InstructLF:
             batch_size=self.linker_batch_size,
             patience=self.linker_patience,
             seed=self.seed,
+            max_seq_length=self.linker_seq_length,
             progress=lambda epoch, train, val: log.info(
                 "linker: epoch %d train loss %.4f validation loss %s", epoch, train, val
             ),

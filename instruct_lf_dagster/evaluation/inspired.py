@@ -190,6 +190,9 @@ class Settings:
     linker_epochs: int = 20
     linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
     max_seq_length: int = 256
+    linker_seq_length: int | None = (
+        None  # fine-tune on shorter cuts (CPU time); encoding keeps max_seq_length
+    )
     lda_topics: int = representations.LDA_TOPICS
     linker_dir: str | None = None  # a trained linker to reuse, or where to save the one trained
 
@@ -261,6 +264,7 @@ def evaluate_seed(
             truncation=settings.truncation,
             linker_epochs=settings.linker_epochs,
             max_seq_length=settings.max_seq_length,
+            linker_seq_length=settings.linker_seq_length,
             seed=seed,
             cache=cache if cache is not None else EmbeddingCache(),
         )
@@ -269,7 +273,7 @@ def evaluate_seed(
         reuse = saved is not None and (saved / CONFIG_FILE).is_file()
         if reuse:
             log.info("inspired seed %d: reusing the linker saved in %s", seed, saved)
-        linker = Linker.load(saved) if reuse else None
+        linker = Linker.load(saved, max_seq_length=settings.max_seq_length) if reuse else None
         model.fit(documents, [proposals[d] for d in documents], corpus=data.contexts(), linker=linker)
         if saved is not None and not reuse:
             model.linker_.save(saved)
@@ -357,12 +361,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-seq-length",
         type=int,
         default=Settings.max_seq_length,
-        help="linker tokens per text (default 256)",
+        help="tokens per text the linker encodes (default 256)",
+    )
+    parser.add_argument(
+        "--linker-seq-length",
+        type=int,
+        help="fine-tune the linker on texts cut to N tokens, to save CPU time (default: --max-seq-length)",
     )
     parser.add_argument(
         "--linker",
         help="a folder: reuse the linker saved there, or save there the one the first seed trains (later seeds "
-        "and runs reuse it: try other CorEx settings without fine-tuning again; linker settings must match)",
+        "and runs reuse it: try other CorEx settings without fine-tuning again; linker settings must match, "
+        "except --max-seq-length, the length it encodes at)",
     )
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
 
@@ -389,6 +399,7 @@ def main(args: argparse.Namespace) -> dict:
         linker_epochs=args.linker_epochs,
         linker_documents=args.linker_documents,
         max_seq_length=args.max_seq_length,
+        linker_seq_length=args.linker_seq_length,
         linker_dir=args.linker,
     )
     runs, notes, per_seed = [], {}, {}
