@@ -30,7 +30,7 @@ REVIEWS = [
 
 RUN_CONFIG = {
     "ops": {
-        "linker": {"config": {"epochs": 2, "batch_size": 8, "seed": 0}},
+        "linker": {"config": {"epochs": 2, "batch_size": 8, "train_seq_length": 64, "seed": 0}},
         "latent_factors": {"config": {"n_factors": 3, "max_iter": 300, "seed": 0}},
     }
 }
