@@ -86,6 +86,13 @@ def test_tail_truncation_keeps_the_end() -> None:
     np.testing.assert_allclose(head.encode_documents(short), tail.encode_documents(short), atol=1e-6)
 
 
+def test_lengths_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_seq_length must be a positive"):
+        Linker(max_seq_length=0)
+    with pytest.raises(ValueError, match="max_seq_length must be a positive"):
+        Linker(max_seq_length=32).fit(["one", "two"], [["x"], ["y"]], max_seq_length=-5)
+
+
 def test_tiny_data_is_harmless() -> None:
     linker = Linker(max_seq_length=32)
     before = linker.fingerprint

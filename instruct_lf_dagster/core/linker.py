@@ -109,6 +109,7 @@ class Linker:
     ) -> None:
         if truncation not in ("head", "tail"):
             raise ValueError(f"truncation must be 'head' or 'tail', not {truncation!r}")
+        _check_length(max_seq_length)
         if encoder is None or isinstance(encoder, (str, Path)):
             encoder = load_encoder(encoder, device=device)
         if is_shared(encoder):
@@ -183,6 +184,8 @@ class Linker:
         shorter while training only (cost grows with it; None: the linker's own length, which encoding keeps
         using). `progress(epoch, train_loss, val_loss)` is called after every epoch.
         """
+        if max_seq_length is not None:
+            _check_length(max_seq_length)
         self.model.max_seq_length = max_seq_length or self.max_seq_length
         try:
             return self._fit(
@@ -332,6 +335,11 @@ class Linker:
             max_seq_length=max_seq_length or config["max_seq_length"],
             device=device,
         )
+
+
+def _check_length(tokens: int) -> None:
+    if not isinstance(tokens, int) or tokens < 1:
+        raise ValueError(f"max_seq_length must be a positive number of tokens, not {tokens!r}")
 
 
 def _warmup_linear(step: int, warmup_steps: int, total_steps: int) -> float:
