@@ -194,7 +194,15 @@ def test_unusable_proposal_files_name_the_file(tmp_path, content):
 
 @pytest.mark.parametrize(
     ("option", "bad"),
-    [("--l1", "abc"), ("--l1", ""), ("--l1", "0.9,-1"), ("--factors", "0"), ("--factors", "2.5")],
+    [
+        ("--l1", "abc"),
+        ("--l1", ""),
+        ("--l1", "0.9,-1"),
+        ("--factors", "0"),
+        ("--factors", "2.5"),
+        ("--max-seq-length", "0"),
+        ("--linker-seq-length", "-8"),
+    ],
 )
 def test_bad_setting_lists_are_refused_clearly(option, bad):
     parser = argparse.ArgumentParser()

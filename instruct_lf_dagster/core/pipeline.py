@@ -45,9 +45,8 @@ class InstructLF:
     linker_batch_size: int = 512
     linker_patience: int = 2
     max_seq_length: int = 256
-    linker_seq_length: int | None = (
-        None  # shorter texts while fine-tuning only (CPU time); None: max_seq_length
-    )
+    # shorter texts while fine-tuning only (CPU time); None: max_seq_length
+    linker_seq_length: int | None = None
     max_iter: int = 1000
     seed: int = 0
     device: str = "cpu"

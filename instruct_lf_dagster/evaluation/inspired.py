@@ -190,9 +190,8 @@ class Settings:
     linker_epochs: int = 20
     linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
     max_seq_length: int = 256
-    linker_seq_length: int | None = (
-        None  # fine-tune on shorter cuts (CPU time); encoding keeps max_seq_length
-    )
+    # fine-tune on shorter cuts (CPU time); encoding keeps max_seq_length
+    linker_seq_length: int | None = None
     lda_topics: int = representations.LDA_TOPICS
     linker_dir: str | None = None  # a trained linker to reuse, or where to save the one trained
 
@@ -383,6 +382,12 @@ def main(args: argparse.Namespace) -> dict:
 
     l1s = numbers(args.l1, "--l1")
     sizes = numbers(args.factors, "--factors", int, 1)
+    for option, tokens in (
+        ("--max-seq-length", args.max_seq_length),
+        ("--linker-seq-length", args.linker_seq_length),
+    ):
+        if tokens is not None and tokens < 1:
+            raise SystemExit(f"{option} must be a positive number of tokens, not {tokens}")
     data = Inspired.load(args.data)
     proposals = load_proposals(args.proposals or Path(args.data) / PROPOSALS_FILE, data)
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
