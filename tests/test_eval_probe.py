@@ -151,23 +151,30 @@ def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
     assert second["balanced_accuracy"] == first["balanced_accuracy"]
     assert second["std"] == first["std"]
 
-    # Two penalties: the one whose factors score best on the fit part's own labels is used and named.
+    # Two penalties and two factor counts: the setting whose factors score best on the fit part's own labels is
+    # used and named.
     capsys.readouterr()
-    chosen = probe.main(args_for(path, "--methods", methods, "--l1", "0.9,0"))
+    automatic = sizes["factors"]
+    chosen = probe.main(
+        args_for(path, "--methods", methods, "--l1", "0.9,0", "--factors", f"0,{automatic + 2}")
+    )
     progress = capsys.readouterr().err  # progress goes to stderr
-    line = next(x for x in progress.splitlines() if x.startswith("l1 chosen on the fit part"))
-    by_l1 = ast.literal_eval(line.split("by l1: ", 1)[1].rstrip(")"))
-    best = max(by_l1, key=by_l1.get)
-    assert set(by_l1) == {0.9, 0.0} and line.startswith(f"l1 chosen on the fit part: {best:g} ")
-    assert f"l1 {best:g};" in chosen["notes"]["instruct_lf"]
-    if best == 0.9:  # the default's factors, so the default's numbers
+    line = next(x for x in progress.splitlines() if x.startswith("chosen on the fit part"))
+    by_setting = ast.literal_eval(line.split("by (factors, l1): ", 1)[1].removesuffix(")"))
+    (m, l1) = max(by_setting, key=by_setting.get)
+    assert set(by_setting) == {(a, b) for a in (automatic, automatic + 2) for b in (0.9, 0.0)}
+    assert line.startswith(f"chosen on the fit part: {m} factors, l1 {l1:g} ")
+    assert f"-> {m} factors, l1 {l1:g};" in chosen["notes"]["instruct_lf"]
+    assert chosen["sizes"]["factors"] == m
+    if (m, l1) == (automatic, 0.9):  # the default's factors, so the default's numbers
         assert chosen["balanced_accuracy"] == first["balanced_accuracy"]
     assert keyword_llm.calls == 16
 
 
+@pytest.mark.parametrize("option", ["--l1", "--factors"])
 @pytest.mark.parametrize("bad", ["abc", "", "0.9,-1"])
-def test_bad_l1_lists_are_refused_clearly(tmp_path, bad):
+def test_bad_setting_lists_are_refused_clearly(tmp_path, option, bad):
     path = tmp_path / "reviews.jsonl"
     write(reviews(8), path)
-    with pytest.raises(SystemExit, match="--l1"):
-        probe.main(args_for(path, "--l1", bad))
+    with pytest.raises(SystemExit, match=option):
+        probe.main(args_for(path, option, bad))

@@ -152,9 +152,15 @@ def evaluate(
     return scores
 
 
-def refit_factors(model: InstructLF, corpus: Sequence[str], seed: int, l1: float | None = None) -> Factors:
-    """A fitted model's factors again, from Linear CorEx with another seed (and L1 penalty, default the model's)
-    on the same linker's matrix.
+def refit_factors(
+    model: InstructLF,
+    corpus: Sequence[str],
+    seed: int,
+    l1: float | None = None,
+    n_factors: int | None = None,
+) -> Factors:
+    """A fitted model's factors again, from Linear CorEx with another seed (and L1 penalty and factor count,
+    default the model's) on the same linker's matrix.
 
     Fine-tuning the linker is the costly step on a CPU, so one linker serves every seed of a run.
     """
@@ -162,7 +168,7 @@ def refit_factors(model: InstructLF, corpus: Sequence[str], seed: int, l1: float
     from instruct_lf_dagster.core.factors import Factors
 
     corex = LinearCorex(
-        model.factors_.n_factors,
+        n_factors or model.factors_.n_factors,
         l1=model.l1 if l1 is None else l1,
         seed=seed,
         device=model.device,
@@ -172,28 +178,31 @@ def refit_factors(model: InstructLF, corpus: Sequence[str], seed: int, l1: float
     return Factors(corex.fit(model.compatibility(corpus)), model.vocabulary_.properties)
 
 
-def choose_l1(
+Setting = tuple[int, float]  # (factors, L1 penalty)
+
+
+def choose_setting(
     model: InstructLF,
     texts: Sequence[str],
     labels: dict[str, np.ndarray],
-    l1s: Sequence[float],
+    settings: Sequence[Setting],
     *,
     folds: int = FOLDS,
     seed: int = 0,
-) -> tuple[float, Factors, dict[float, float]]:
-    """The L1 penalty whose factors score best on the fit part itself (`texts`, `labels`: mean balanced accuracy
-    over label fields and classifiers); the evaluation part is not looked at. Ties go to the first penalty,
-    whose factors are the model's. Returns (penalty, its factors, score per penalty)."""
+) -> tuple[Setting, Factors, dict[Setting, float]]:
+    """The (factors, L1 penalty) whose factors score best on the fit part itself (`texts`, `labels`: mean
+    balanced accuracy over label fields and classifiers); the evaluation part is not looked at. Ties go to the
+    first setting, whose factors must be the model's. Returns (setting, its factors, score per setting)."""
     x = model.compatibility(texts)
-    candidates = {l1s[0]: model.factors_} | {
-        l1: refit_factors(model, texts, seed, l1) for l1 in l1s[1:] if l1 != l1s[0]
+    candidates = {settings[0]: model.factors_} | {
+        (m, l1): refit_factors(model, texts, seed, l1, m) for m, l1 in settings[1:] if (m, l1) != settings[0]
     }
 
     def score(factors: Factors) -> float:
         result = evaluate({"factors": factors.scores(x)}, labels, folds=folds, seed=seed)
         return float(np.mean([values["factors"] for values in result.values()]))
 
-    scores = {l1: score(factors) for l1, factors in candidates.items()}
+    scores = {setting: score(factors) for setting, factors in candidates.items()}
     best = max(scores, key=scores.get)
     return best, candidates[best], scores
 
@@ -349,7 +358,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for everything else")
     parser.add_argument("--methods", default=",".join(METHODS), help="representations to compare")
     parser.add_argument("--model", default=None, help="litellm model string (default: the LLM resource's)")
-    parser.add_argument("--factors", type=int, default=0, help="number of factors (0 = one per 8 properties)")
+    parser.add_argument(
+        "--factors",
+        default="0",
+        help="number of factors (0 = one per 8 properties); several, comma-separated, are chosen between like "
+        "--l1",
+    )
     parser.add_argument(
         "--l1",
         default="0.9",
@@ -416,6 +430,7 @@ def main(args: argparse.Namespace) -> dict:
         )
 
     l1s = numbers(args.l1, "--l1")
+    sizes = numbers(args.factors, "--factors", int)
     builtin = BUILTINS[args.data]() if args.data in BUILTINS else None
     path = write_builtin(args.data) if builtin else Path(args.data)
     label_fields = args.label_fields or (list(builtin.labels) if builtin else [])
@@ -449,21 +464,26 @@ def main(args: argparse.Namespace) -> dict:
 
         _say(f"discovering factors (linker seed {seeds[0]})")
         model = InstructLF(
-            n_factors=args.factors or None,
+            n_factors=sizes[0] or None,
             l1=l1s[0],
             linker_epochs=args.linker_epochs,
             max_iter=args.corex_iter,
             seed=seeds[0],
         ).fit(proposed, proposals.properties, corpus=fit_texts)
-        chosen, factors = l1s[0], model.factors_
-        if len(l1s) > 1:
+        automatic = model.factors_.n_factors
+        grid = list(dict.fromkeys((m or automatic, l1) for m in sizes for l1 in l1s))
+        (chosen_m, chosen_l1), factors = grid[0], model.factors_
+        if len(grid) > 1:
             fit_labels = {field: frame[field].iloc[fit].to_numpy() for field in label_fields}
-            chosen, factors, by_l1 = choose_l1(
-                model, fit_texts, fit_labels, l1s, folds=args.folds, seed=seeds[0]
+            (chosen_m, chosen_l1), factors, by_setting = choose_setting(
+                model, fit_texts, fit_labels, grid, folds=args.folds, seed=seeds[0]
             )
-            _say(f"l1 chosen on the fit part: {chosen:g} (mean balanced accuracy by l1: {by_l1})")
+            _say(
+                f"chosen on the fit part: {chosen_m} factors, l1 {chosen_l1:g} "
+                f"(mean balanced accuracy by (factors, l1): {by_setting})"
+            )
         notes["instruct_lf"] = (
-            f"{len(model.vocabulary_)} properties -> {model.factors_.n_factors} factors, l1 {chosen:g}; "
+            f"{len(model.vocabulary_)} properties -> {chosen_m} factors, l1 {chosen_l1:g}; "
             f"linker {model.linker_report_.epochs_run} epochs"
         )
     runs: list[Scores] = []
@@ -475,7 +495,7 @@ def main(args: argparse.Namespace) -> dict:
             features["bertopic"] = rep.bertopic_topics(fit_texts, texts, seed=seed)
         if model is not None:
             if seed != seeds[0]:
-                factors = refit_factors(model, fit_texts, seed, chosen)
+                factors = refit_factors(model, fit_texts, seed, chosen_l1, chosen_m)
             features["instruct_lf"] = factors.scores(model.compatibility(texts))
         runs.append(evaluate({m: features[m] for m in methods}, labels, folds=args.folds, seed=seed))
         _say(f"seed {seed}: scored")
@@ -504,7 +524,7 @@ def main(args: argparse.Namespace) -> dict:
             "evaluated": {f: int(frequent(y, args.folds).sum()) for f, y in labels.items()},
             "classes": {f: int(len(np.unique(y[frequent(y, args.folds)]))) for f, y in labels.items()},
             "properties": len(model.vocabulary_) if model else 0,
-            "factors": model.factors_.n_factors if model else 0,
+            "factors": chosen_m if model else 0,
             "linker_epochs": model.linker_report_.epochs_run if model else 0,
         },
         "notes": notes,
