@@ -459,6 +459,7 @@ def main(args: argparse.Namespace) -> dict:
     proposed = fit_texts[: args.proposal_docs or None]
     proposals = _propose(args, goal, proposed) if goal else None
     model = None
+    chosen_m, chosen_l1 = 0, l1s[0]  # the factors used, once discovered
     if proposals is not None:
         from instruct_lf_dagster.core.pipeline import InstructLF
 
@@ -524,7 +525,7 @@ def main(args: argparse.Namespace) -> dict:
             "evaluated": {f: int(frequent(y, args.folds).sum()) for f, y in labels.items()},
             "classes": {f: int(len(np.unique(y[frequent(y, args.folds)]))) for f, y in labels.items()},
             "properties": len(model.vocabulary_) if model else 0,
-            "factors": chosen_m if model else 0,
+            "factors": chosen_m,
             "linker_epochs": model.linker_report_.epochs_run if model else 0,
         },
         "notes": notes,
