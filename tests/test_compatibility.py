@@ -9,6 +9,8 @@ from instruct_lf_dagster.core.compatibility import EmbeddingCache, compatibility
 from instruct_lf_dagster.core.encoder import load_encoder
 from instruct_lf_dagster.core.linker import Linker
 
+pytestmark = pytest.mark.integration  # every test here runs the real MiniLM
+
 DOCUMENTS = [
     "User: I loved the Avengers, any other superhero movies?\nSystem: ",
     "User: Something scary for Halloween night please.\nSystem: ",

@@ -106,6 +106,7 @@ def test_local_inbox_lists_and_reads(tmp_path):
     assert inbox.read("a_b.jsonl") == ("a b.jsonl", b'{"text": "x"}')
 
 
+@pytest.mark.integration
 def test_s3_inbox_lists_and_reads(s3_bucket):
     s3, bucket = s3_bucket
     client = s3.get_client()

@@ -211,6 +211,7 @@ def test_bad_setting_lists_are_refused_clearly(option, bad):
         inspired.main(parser.parse_args([option, bad]))
 
 
+@pytest.mark.integration
 def test_raw_embeddings_are_encoded_once_across_seeds(monkeypatch):
     from instruct_lf_dagster.core.compatibility import EmbeddingCache
     from instruct_lf_dagster.core.linker import Linker

@@ -156,6 +156,7 @@ def test_dev_mode_holds_out_training_games(household_llm):
 requires_twc = pytest.mark.skipif(na.twc_unavailable() is not None, reason=str(na.twc_unavailable()))
 
 
+@pytest.mark.integration  # TextWorldExpress runs its games in a JVM
 @requires_twc
 def test_twc_gold_trajectories_are_reproducible_and_finish():
     splits = na.twc_splits(3, 2, data_seed=1)
@@ -172,6 +173,7 @@ def test_twc_gold_trajectories_are_reproducible_and_finish():
     assert all("includeDoors=1" in t.game for t in splits["unseen"])
 
 
+@pytest.mark.integration  # TextWorldExpress runs its games in a JVM
 @requires_twc
 def test_twc_refuses_wandering_gold_paths():
     with pytest.raises(ValueError, match="more than 2 locations"):

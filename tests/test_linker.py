@@ -71,6 +71,7 @@ def test_no_duplicate_batches() -> None:
     assert no_duplicate_batches([], 8, torch.Generator()) == []
 
 
+@pytest.mark.integration
 def test_tail_truncation_keeps_the_end() -> None:
     long = " ".join(["we baked bread with flour butter and garlic in the oven"] * 20)
     long += " then we watched the telescope, the galaxy, a comet and the nebula"
@@ -86,6 +87,7 @@ def test_tail_truncation_keeps_the_end() -> None:
     np.testing.assert_allclose(head.encode_documents(short), tail.encode_documents(short), atol=1e-6)
 
 
+@pytest.mark.integration
 def test_lengths_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_seq_length must be a positive"):
         Linker(max_seq_length=0)
@@ -93,6 +95,7 @@ def test_lengths_must_be_positive() -> None:
         Linker(max_seq_length=32).fit(["one", "two"], [["x"], ["y"]], max_seq_length=-5)
 
 
+@pytest.mark.integration
 def test_tiny_data_is_harmless() -> None:
     linker = Linker(max_seq_length=32)
     before = linker.fingerprint

@@ -3,6 +3,7 @@
 import json
 
 import dagster as dg
+import pytest
 
 from instruct_lf_dagster.core.llm import LLMClient
 from instruct_lf_dagster.resources.llm import DEFAULT_MODEL, LLMResource
@@ -58,6 +59,7 @@ def test_env_var_key_resolves_and_never_shows(monkeypatch, tmp_path):
     assert not any(SECRET in text for text in shown)
 
 
+@pytest.mark.integration
 def test_resource_serves_an_asset(monkeypatch):
     """An asset gets a working client from the resource and reports usage without the key."""
     monkeypatch.setenv("TEST_LLM_KEY", SECRET)

@@ -210,6 +210,76 @@ def test_json_schema_output_parses_and_matches_the_schema(litellm):
     assert isinstance(answer["is_fruit"], bool)
 
 
+def _ready(name: str) -> str | None:
+    try:
+        local_models.resolve(name)
+    except ModelError as error:
+        return str(error)
+    return None
+
+
+EMBEDDED = [
+    pytest.param(name, marks=pytest.mark.skipif(_ready(name) is not None, reason=f"{_ready(name)}"))
+    for name in local_models.MODELS
+]
+
+
+def proposal_request(document: str) -> list[dict]:
+    """A real proposal prompt: system prompt, one worked example, the document."""
+    from instruct_lf_dagster.core.proposals import Example, Goal, build_messages
+
+    goal = Goal(
+        text="What qualities of a movie make critics recommend it or warn against it?",
+        document_kind="movie review snippet",
+        examples=(Example("A gorgeous, slow meditation on grief.", ("Slow pacing", "Grief theme")),),
+    )
+    return build_messages(goal, document)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_the_same_request_gives_the_same_text_whatever_ran_before(litellm, name):
+    from instruct_lf_dagster.core.proposals import RESPONSE_FORMAT
+
+    request, other = (
+        proposal_request(d) for d in ("Loud, silly and fast; great car chases.", "A quiet, sad romance.")
+    )
+    options = {"temperature": 0.0, "seed": 0, "max_tokens": 40, "response_format": RESPONSE_FORMAT}
+    local_models.load(name).reset()  # the first call reads the whole prompt: nothing is cached
+    first = local_models.chat(name, request, **options)
+    local_models.chat(name, other, **options)  # leaves the shared prefix (and its own answer) in the cache
+    later = [local_models.chat(name, request, **options) for _ in range(2)]
+    assert first["usage"]["cached_tokens"] == 0
+    assert all(out["usage"]["cached_tokens"] > 0 for out in later)  # the cached path was taken
+    texts = {out["choices"][0]["message"]["content"] for out in [first, *later]}
+    assert len(texts) == 1, texts
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_prompt_logits_are_bitwise_the_same_with_and_without_a_cached_prefix(name):
+    """The cause, pinned: a token's logits must not depend on how the prompt was split into decode calls."""
+    import numpy as np
+
+    llm = local_models.load(name)
+
+    def prompt_logits(messages: list[dict]) -> np.ndarray:
+        text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+        tokens = llm.tokenize(text.encode())
+        generation = llm.generate(tokens, temp=0.0)
+        next(generation)  # the prompt is evaluated and its last token's logits chose this one
+        generation.close()
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+    request = proposal_request("A heist comedy with a clever twist, stylish and quick.")
+    llm.reset()
+    fresh = prompt_logits(request)
+    prompt_logits(proposal_request("A war film that is hard to watch."))
+    cached = prompt_logits(request)
+    assert llm.reused_tokens >= local_models.CHUNK
+    assert np.array_equal(fresh, cached)
+
+
 @pytest.mark.integration
 def test_same_seed_gives_the_same_text(litellm):
     messages = [{"role": "user", "content": "Write a short sentence about the sea."}]

@@ -17,6 +17,8 @@ from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox
 from instruct_lf_dagster.resources.llm import LLMResource
 from instruct_lf_dagster.resources.storage import LocalStorage, S3Storage, StorageIOManager
 
+pytestmark = pytest.mark.integration  # every test here runs the asset graph (MiniLM, DuckDB)
+
 REVIEWS = [
     "A funny film that made me laugh out loud, the lead actor is brilliant.",
     "So scary, the ghost scenes kept me awake at night.",
@@ -140,7 +142,6 @@ def test_a_bad_file_fails_its_batch_only(tmp_path, keyword_llm, instance):
     assert len(resources["storage"].read_table("documents", keys)) == 2 * len(REVIEWS)
 
 
-@pytest.mark.integration
 def test_s3_environment(tmp_path, keyword_llm, instance, s3_bucket):
     s3, bucket = s3_bucket
     keys = write_batches(tmp_path / "local_inbox", count=2)

@@ -21,7 +21,7 @@ def _rows(batch: str, n: int, offset: float = 0.0) -> pd.DataFrame:
     )
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
 def storage(request, tmp_path):
     if request.param == "local":
         return LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "artefacts"))
