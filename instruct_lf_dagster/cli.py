@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import sys
+import warnings
 
 import instruct_lf_dagster  # noqa: F401  (sets offline environment defaults before litellm loads)
 
@@ -70,74 +71,90 @@ def _model_parsers(sub: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=lambda a: print(local_models.describe()))
 
 
-def _goal_config(args: argparse.Namespace) -> dict:
-    """Run config for the goal and discovery settings given on the command line."""
-    ops: dict = {}
-    goal = {k: v for k, v in {"goal": args.goal, "document_kind": args.document_kind}.items() if v}
-    if args.truncation:
-        goal["truncation"] = args.truncation
-        ops["linker"] = {"config": {"truncation": args.truncation}}
-    if goal:
-        ops["proposals"] = {"config": goal}
-    if args.factors:
-        ops["latent_factors"] = {"config": {"n_factors": args.factors}}
-    return {"ops": ops} if ops else {}
-
-
 def _run(args: argparse.Namespace) -> int:
     from instruct_lf_dagster.core import local_models
 
     local_models.quiet_openmp()  # before torch loads: this process decodes with llama.cpp
     from instruct_lf_dagster import run
 
-    if getattr(args, "prepare_demo", False):
+    if args.command == "demo":
         from instruct_lf_dagster import demo
         from instruct_lf_dagster.core.paths import data_dir
 
         for path in demo.prepare(data_dir() / "inbox", documents=args.docs, batches=args.batches):
             print(f"demo batch: {path}")
-    result = run.run_discovery(_goal_config(args))
-    if not result.success:
-        failed = [e.step_key for e in result.all_events if e.is_step_failure]
-        print(f"discovery failed at {failed}; see the run {result.run_id} in the Dagster UI", file=sys.stderr)
+    results = run.run_discovery(args.discovery)
+    failed = [e.step_key for result in results for e in result.all_events if e.is_step_failure]
+    if failed:
+        print(
+            f"discovery failed at {failed}; see run {results[-1].run_id} in the Dagster UI", file=sys.stderr
+        )
         return 1
-    print("\nLatent factors (largest first, most informative properties first):")
-    print(run.format_factors(run.factor_table()))
+    names = [args.discovery] if args.discovery else [d.name for d in run.declared()[0]]
+    for name in names:
+        print(f"\n{name}: latent factors (largest first, most informative properties first):")
+        print(run.format_factors(run.factor_table(name)))
     home = run.instance().root_directory
     print(
-        f"\nRun {result.run_id} is stored in DAGSTER_HOME={home}.\n"
+        f"\nRuns are stored in DAGSTER_HOME={home}.\n"
         f"Open the UI with:  . .venv/bin/activate && DAGSTER_HOME={home} dagster dev -w workspace.yaml"
     )
     return 0
 
 
 def _run_parsers(sub: argparse._SubParsersAction) -> None:
-    for name, help_text in [
-        (
-            "run",
-            "materialise the whole graph for every batch in the inbox (one Dagster run, kept in DAGSTER_HOME)",
-        ),
-        ("demo", "put a Rotten Tomatoes sample into the inbox as batches, then run discovery on it"),
-    ]:
-        parser = sub.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument(
-            "--goal", help="what the factors are for, in plain words (default: the demo goal)"
-        )
-        parser.add_argument(
-            "--document-kind", help="what one document is, e.g. 'dialogue' or 'support ticket'"
-        )
-        parser.add_argument(
-            "--truncation", choices=["head", "tail"], help="which end of long documents to keep"
-        )
-        parser.add_argument("--factors", type=int, default=0, help="number of latent factors (0 = automatic)")
-        if name == "demo":
-            parser.add_argument(
-                "--docs", type=int, default=48, help="snippets in the demo sample (default 48)"
-            )
-            parser.add_argument(
-                "--batches", type=int, default=3, help="inbox files to split them into (default 3)"
-            )
-        parser.set_defaults(func=_run, prepare_demo=name == "demo")
+    run = sub.add_parser(
+        "run",
+        help="materialise every declared discovery (or one) on every batch in the inbox",
+        description="Register every inbox file as a batch and materialise documents, proposals, vocabulary, "
+        "linker, compatibility and factors for every declared discovery (one Dagster run, kept in DAGSTER_HOME), "
+        "or for the one named.",
+    )
+    run.add_argument("--discovery", help="only this discovery (see `instruct-lf discovery list`)")
+    run.set_defaults(func=_run)
+    demo = sub.add_parser(
+        "demo",
+        help="put a Rotten Tomatoes sample into the inbox, then run the movie_critics discovery on it",
+        description="Put a balanced, seeded sample of Rotten Tomatoes snippets into the inbox as batches, then "
+        "run the demo discovery, movie_critics (instruct_lf_dagster/defs/movie_critics/defs.yaml).",
+    )
+    demo.add_argument("--docs", type=int, default=48, help="snippets in the demo sample (default 48)")
+    demo.add_argument("--batches", type=int, default=3, help="inbox files to split them into (default 3)")
+    demo.set_defaults(func=_run, discovery="movie_critics")
+
+
+def _discovery_parsers(sub: argparse._SubParsersAction) -> None:
+    from instruct_lf_dagster import discoveries
+
+    parser = sub.add_parser(
+        "discovery", help="declare discoveries (a goal over the document stream), list them"
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    new = actions.add_parser(
+        "new",
+        help="write a discovery's YAML",
+        description="Write instruct_lf_dagster/defs/NAME/defs.yaml: a discovery with this goal, checked by loading "
+        "it. Fill in a worked example there before the first run: small models need one.",
+    )
+    new.add_argument("name", help="lower-case letters, digits and underscores; names its assets and jobs")
+    new.add_argument("--goal", required=True, help="what the factors are for, in plain words")
+    new.add_argument("--document-kind", required=True, help="what one document is, e.g. 'support ticket'")
+    new.add_argument(
+        "--truncation",
+        choices=["head", "tail"],
+        default="head",
+        help="which end of long documents to keep ('tail' for dialogues)",
+    )
+    new.add_argument(
+        "--refit-cron", default="0 3 * * 1", help="when to refit on every batch (default: Mondays 03:00)"
+    )
+    new.set_defaults(
+        func=lambda a: print(discoveries.new(a.name, a.goal, a.document_kind, a.truncation, a.refit_cron))
+    )
+    listing = actions.add_parser(
+        "list", help="the declared discoveries: name, goal, model, refit schedule, file"
+    )
+    listing.set_defaults(func=lambda a: print(discoveries.describe()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parsers(sub)
+    _discovery_parsers(sub)
     _model_parsers(sub)
     _table_parsers(sub)
     return parser
@@ -155,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `instruct-lf`."""
+    # Dagster marks some of the APIs this project uses beta or preview; say so in the docs, not on every run.
+    warnings.filterwarnings("ignore", message=".* is currently in (beta|preview)")
     args = build_parser().parse_args(argv)
     result = args.func(args)
     if isinstance(result, dict) and args.command not in ("bench", "eval"):

@@ -1,18 +1,29 @@
-"""The Dagster definitions. Resources are chosen per environment here, and only here (INSTRUCT_LF_ENV)."""
+"""The Dagster definitions: the declared discoveries, the shared documents, and the resources of an environment.
+
+The environment (INSTRUCT_LF_ENV and the production settings) is read here, and only here.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
+from dagster.components.core.component_tree import ComponentTree
 from dagster_aws.s3 import S3Resource
 
-from instruct_lf_dagster.assets import all_assets, all_checks
-from instruct_lf_dagster.automation import batch_job, discovery_job, discovery_schedule, inbox_sensor
+from instruct_lf_dagster.assets import discovery_definitions, documents
+from instruct_lf_dagster.automation import all_discoveries_job, documents_job, inbox_sensor
+from instruct_lf_dagster.components import Discovery
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox
 from instruct_lf_dagster.resources.llm import LLMResource
 from instruct_lf_dagster.resources.storage import LocalStorage, S3Storage, StorageIOManager
+
+DEFS_MODULE = "instruct_lf_dagster.defs"
 
 
 def local_resources() -> dict:
@@ -48,19 +59,52 @@ def prod_resources() -> dict:
 RESOURCES = {"local": local_resources, "prod": prod_resources}
 
 
-def build_definitions(env: str | None = None) -> dg.Definitions:
-    """Definitions for an environment: 'local' (default) or 'prod'."""
+def declared(defs_module: str = DEFS_MODULE) -> tuple[list[Discovery], dg.Definitions]:
+    """The discoveries declared in the YAML files under `defs_module`, and what they define.
+
+    A file that does not declare a valid discovery raises, naming the file and the field.
+    """
+    module = importlib.import_module(defs_module)
+    tree = ComponentTree.from_module(module, project_root=Path(module.__file__).resolve().parents[2])
+    with warnings.catch_warnings():
+        # Components load through APIs Dagster marks beta or preview: a warning per asset, not for users.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return tree.get_all_components(of_type=Discovery), tree.build_defs()
+
+
+def build_definitions(
+    env: str | None = None, discoveries: Sequence[Discovery] | None = None, defs_module: str = DEFS_MODULE
+) -> dg.Definitions:
+    """Definitions for an environment ('local', default, or 'prod') and the declared discoveries.
+
+    `discoveries`: use these instead of the YAML files (tests, notebooks).
+    """
     env = env or os.environ.get("INSTRUCT_LF_ENV", "local")
     if env not in RESOURCES:
         raise ValueError(f"INSTRUCT_LF_ENV must be one of {sorted(RESOURCES)}, not {env!r}")
-    return dg.Definitions(
-        assets=all_assets,
-        asset_checks=all_checks,
-        jobs=[discovery_job, batch_job],
-        sensors=[inbox_sensor],
-        schedules=[discovery_schedule],
-        resources=RESOURCES[env](),
+    if discoveries is None:
+        discoveries, defs = declared(defs_module)
+    else:
+        defs = dg.Definitions.merge(*(discovery_definitions(d) for d in discoveries))
+    names = [d.name for d in discoveries]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"two discoveries have the same name: {sorted(n for n in names if names.count(n) > 1)}"
+        )
+    # The sensor targets the very job objects of the definitions (Dagster refuses look-alikes of the same name).
+    jobs = [documents_job, *defs.jobs]
+    return dg.Definitions.merge(
+        defs,
+        dg.Definitions(
+            assets=[documents],
+            jobs=[documents_job, all_discoveries_job],
+            sensors=[inbox_sensor(discoveries, jobs)],
+            resources=RESOURCES[env](),
+        ),
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

@@ -1,4 +1,4 @@
-"""Headless runs: register every inbox file as a batch and materialise the whole graph in one Dagster run."""
+"""Headless runs: register every inbox file as a batch and materialise one discovery, or all, in Dagster runs."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from instruct_lf_dagster.automation import all_batches_tags, discovery_job
-from instruct_lf_dagster.definitions import build_definitions
-from instruct_lf_dagster.partitions import batches
+from instruct_lf_dagster.automation import all_batches_tags, all_discoveries_job, documents_job
+from instruct_lf_dagster.definitions import build_definitions, declared
+from instruct_lf_dagster.partitions import DOCUMENTS, batches
 
 
 def instance() -> dg.DagsterInstance:
     """The persistent instance in DAGSTER_HOME (default ./.dagster_home), so runs show up in the UI later."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))).resolve()
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     settings = home / "dagster.yaml"
     if not settings.exists():
         packaged = Path(__file__).resolve().parents[1] / "dagster.yaml"
         settings.write_text(packaged.read_text() if packaged.exists() else "telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def register_batches(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
@@ -35,22 +35,38 @@ def register_batches(defs: dg.Definitions, instance: dg.DagsterInstance) -> list
     return list(instance.get_dynamic_partitions(batches.name))
 
 
-def run_discovery(run_config: dict | None = None, env: str | None = None) -> dg.ExecuteInProcessResult:
-    """Materialise documents -> proposals -> vocabulary -> linker -> compatibility -> factors for every batch."""
+def run_discovery(
+    discovery: str | None = None, env: str | None = None, inst: dg.DagsterInstance | None = None
+) -> list[dg.ExecuteInProcessResult]:
+    """Materialise documents -> proposals -> ... -> factors on every batch for one discovery, or all of them.
+
+    All discoveries: one run, each batch file read once. One discovery: the batches not read yet are read first
+    (one run each), so that the other discoveries' inputs stay as they were.
+    """
     defs = build_definitions(env)
-    inst = instance()
+    names = [d.name for d in declared()[0]]
+    if discovery is not None and discovery not in names:
+        raise SystemExit(f"no discovery named {discovery!r}; declared: {', '.join(names) or 'none'}")
+    inst = inst or instance()
     keys = register_batches(defs, inst)
     if not keys:
         raise SystemExit(
             "the inbox is empty: put JSONL, CSV or Parquet files with a 'text' column there first"
         )
-    job = defs.get_job_def(discovery_job.name)
-    return job.execute_in_process(
-        instance=inst,
-        tags=all_batches_tags(keys),
-        run_config=console_config(run_config),
-        raise_on_error=False,
-    )
+
+    def execute(job_name: str, **options) -> dg.ExecuteInProcessResult:
+        job = defs.resolve_job_def(job_name)
+        return job.execute_in_process(
+            instance=inst, run_config=console_config(), raise_on_error=False, **options
+        )
+
+    if discovery is None:
+        return [execute(all_discoveries_job.name, tags=all_batches_tags(keys))]
+    read = inst.get_materialized_partitions(DOCUMENTS)
+    results = [execute(documents_job.name, partition_key=key) for key in keys if key not in read]
+    if not all(result.success for result in results):
+        return results
+    return [*results, execute(f"{discovery}_discovery", tags=all_batches_tags(keys))]
 
 
 def console_config(run_config: dict | None = None) -> dict:
@@ -58,11 +74,11 @@ def console_config(run_config: dict | None = None) -> dict:
     return {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
 
 
-def factor_table(env: str | None = None) -> pd.DataFrame:
-    """The stored factor report (factor, rank, property, mi)."""
+def factor_table(discovery: str, env: str | None = None) -> pd.DataFrame:
+    """The stored factor report of a discovery (factor, rank, property, mi)."""
     defs = build_definitions(env)
     with dg.build_resources({"storage": defs.resources["storage"]}) as resources:
-        return resources.storage.read_table("factor_report")
+        return resources.storage.read_table(dg.AssetKey([discovery, "factor_report"]).to_python_identifier())
 
 
 def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: int = 5) -> str:

@@ -93,6 +93,7 @@ class KeywordLLM:
                 return handler.answer(kwargs["messages"])
 
         self.calls = 0
+        self.requests: list[list[dict]] = []  # the messages of every call that reached the 'model'
         self.handler = Handler()
 
     def answer(self, messages):
@@ -101,6 +102,7 @@ class KeywordLLM:
         import litellm
 
         self.calls += 1
+        self.requests.append(messages)
         text = messages[-1]["content"].lower()
         props = sorted({theme for word, theme in THEMES.items() if word in text}) or ["General audience"]
         return litellm.completion(

@@ -1,32 +1,45 @@
-"""The definitions load in every environment; the sensor and the schedule evaluate."""
+"""The definitions load in every environment from the declared discoveries; bad YAML is refused naming the file
+and the field; the inbox sensor and the refit schedules evaluate against a real instance."""
 
 from __future__ import annotations
+
+import sys
+import uuid
 
 import dagster as dg
 import pytest
 
-from instruct_lf_dagster.automation import RANGE_END, RANGE_START, discovery_schedule, inbox_sensor
-from instruct_lf_dagster.definitions import build_definitions
+from instruct_lf_dagster.automation import DISCOVERY_TAG, RANGE_END, RANGE_START
+from instruct_lf_dagster.components import Discovery
+from instruct_lf_dagster.definitions import build_definitions, declared
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.inbox import LocalInbox
 
+STAGES = [
+    "proposals",
+    "vocabulary",
+    "linker",
+    "compatibility",
+    "latent_factors",
+    "factor_report",
+    "document_factors",
+]
+
 
 @pytest.mark.parametrize("env", ["local", "prod"])
-def test_definitions_load(env):
+def test_definitions_load_the_declared_discoveries(env):
     defs = build_definitions(env)
-    defs.resolve_all_job_defs()
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {
-        "documents",
-        "proposals",
-        "vocabulary",
-        "linker",
-        "compatibility",
-        "latent_factors",
-        "factor_report",
-        "document_factors",
-    }
-    assert {"discovery", "batch"} <= {job.name for job in defs.resolve_all_job_defs()}
+    assert keys == {"documents", *(f"movie_critics/{stage}" for stage in STAGES)}
+    jobs = {job.name for job in defs.resolve_all_job_defs()}
+    assert {"read_documents", "all_discoveries", "movie_critics_discovery", "movie_critics_batch"} <= jobs
+    assert defs.resolve_schedule_def("movie_critics_refit").cron_schedule == "0 3 * * 1"
+
+
+def test_the_demo_is_the_only_goal_and_it_lives_in_yaml():
+    (demo,) = declared()[0]
+    assert demo.name == "movie_critics" and demo.goal.startswith("What qualities of a movie")
+    assert demo.examples and demo.document_kind == "movie review snippet"
 
 
 def test_unknown_environment_is_refused():
@@ -34,49 +47,145 @@ def test_unknown_environment_is_refused():
         build_definitions("staging")
 
 
-def test_sensor_registers_new_files(tmp_path):
+def load_yaml(tmp_path, monkeypatch, text: str) -> str:
+    """Declare one discovery from `text` in a package of its own; the error message of loading it."""
+    package = f"defs_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / package / "mine"
+    folder.mkdir(parents=True)
+    (tmp_path / package / "__init__.py").write_text("")
+    (folder / "defs.yaml").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        declared(package)
+    except Exception as error:  # Dagster wraps the cause in a tree of what loaded
+        messages, cause = [], error
+        while cause is not None:
+            messages.append(str(cause))
+            cause = cause.__cause__
+        return "\n".join(messages)
+    finally:
+        sys.modules.pop(package, None)
+    raise AssertionError("the YAML loaded")
+
+
+GOOD = """type: instruct_lf_dagster.components.Discovery
+attributes:
+  name: support
+  goal: Why do customers churn?
+"""
+
+
+@pytest.mark.parametrize(
+    ("yaml", "field", "reason"),
+    [
+        (GOOD.replace("  goal: Why do customers churn?\n", ""), "attributes.goal", "Field required"),
+        (GOOD + "  golas: typo\n", "attributes.golas", "Extra inputs are not permitted"),
+        (GOOD + "  refit_cron: every monday\n", "attributes.refit_cron", "not a cron expression"),
+        (GOOD + "  factors: {n_factors: many}\n", "attributes.factors", "valid integer"),
+        (GOOD + "  truncation: middle\n", "attributes.truncation", "'head' or 'tail'"),
+        (GOOD.replace("name: support", "name: Support Team"), "attributes.name", "lower-case letters"),
+        (GOOD + "  goal: '  '\n", "attributes.goal", "goal is empty"),
+    ],
+)
+def test_bad_yaml_is_refused_naming_the_file_and_the_field(tmp_path, monkeypatch, yaml, field, reason):
+    message = load_yaml(tmp_path, monkeypatch, yaml)
+    assert "mine/defs.yaml" in message and field in message and reason in message
+
+
+def test_a_good_yaml_loads(tmp_path, monkeypatch):
+    package = f"defs_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package / "mine").mkdir(parents=True)
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "mine" / "defs.yaml").write_text(GOOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (support,), _ = declared(package)
+    assert support.goal == "Why do customers churn?" and support.refit_cron == "0 3 * * 1"
+    defs = build_definitions("local", defs_module=package)
+    assert dg.AssetKey(["support", "latent_factors"]) in defs.resolve_asset_graph().get_all_asset_keys()
+
+
+def discovery(name: str) -> Discovery:
+    return Discovery.resolve_from_dict({"name": name, "goal": f"What matters for {name}?"})
+
+
+def test_the_sensor_reads_each_file_once_then_asks_every_discovery(tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "day 1.jsonl").write_text('{"text": "x"}')
     (inbox / "day2.csv").write_text("text\ny\n")
+    defs = build_definitions("local", discoveries=[discovery("churn"), discovery("features")])
+    sensor = defs.resolve_sensor_def("inbox_sensor")
+    resources = {"inbox": LocalInbox(path=str(inbox))}
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"inbox": LocalInbox(path=str(inbox))})
-        result = inbox_sensor(context)
+
+        def evaluate(cursor=None):
+            context = dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
+            return sensor(context)
+
+        # New files: registered as batches and read once, by the shared documents job.
+        result = evaluate()
         assert result.dynamic_partitions_requests[0].partition_keys == ["day2.csv", "day_1.jsonl"]
-        # Nothing discovered yet: one discovery run over every batch.
-        (request,) = result.run_requests
-        assert request.job_name == "discovery"
-        assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("day2.csv", "day_1.jsonl")
-
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [
+            ("read_documents", "day2.csv"),
+            ("read_documents", "day_1.jsonl"),
+        ]
         instance.add_dynamic_partitions(batches.name, ["day2.csv", "day_1.jsonl"])
-        assert isinstance(inbox_sensor(context), dg.SkipReason)
+        for key in ("day2.csv", "day_1.jsonl"):
+            instance.report_runless_asset_event(dg.AssetMaterialization("documents", partition=key))
 
-        instance.report_runless_asset_event(dg.AssetMaterialization("latent_factors"))
+        # Read: one run per discovery, each its own job over every batch (no factors yet).
+        result = evaluate(result.cursor)
+        assert sorted(r.job_name for r in result.run_requests) == ["churn_discovery", "features_discovery"]
+        for request in result.run_requests:
+            assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("day2.csv", "day_1.jsonl")
+            job = defs.resolve_job_def(request.job_name)
+            assert job.tags[DISCOVERY_TAG] == request.job_name.removesuffix("_discovery")
+        cursor = result.cursor
+        assert isinstance(evaluate(cursor), dg.SkipReason)
+
+        # A later file: churn has factors, so it scores the batch; features still discovers.
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["churn", "latent_factors"])))
         (inbox / "day3.parquet").write_bytes(b"later")
-        result = inbox_sensor(context)
-        assert [r.partition_key for r in result.run_requests] == ["day3.parquet"]
-        assert result.run_requests[0].job_name is None  # the sensor's own job: batch
+        result = evaluate(cursor)
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [
+            ("read_documents", "day3.parquet")
+        ]
+        instance.add_dynamic_partitions(batches.name, ["day3.parquet"])
+        instance.report_runless_asset_event(dg.AssetMaterialization("documents", partition="day3.parquet"))
+        result = evaluate(result.cursor)
+        requests = {r.job_name: r for r in result.run_requests}
+        assert set(requests) == {"churn_batch", "features_discovery"}
+        assert requests["churn_batch"].partition_key == "day3.parquet"
+        assert requests["features_discovery"].tags[RANGE_END] == "day3.parquet"
 
 
-def test_schedule_covers_every_batch():
+def test_each_discovery_refits_every_batch_on_its_own_schedule():
+    weekly = discovery("churn")
+    nightly = Discovery.resolve_from_dict(
+        {"name": "features", "goal": "Which features?", "refit_cron": "30 2 * * *"}
+    )
+    defs = build_definitions("local", discoveries=[weekly, nightly])
+    assert defs.resolve_schedule_def("features_refit").cron_schedule == "30 2 * * *"
+    schedule = defs.resolve_schedule_def("churn_refit")
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(instance=instance)
-        assert isinstance(discovery_schedule(context), dg.SkipReason)
+        assert isinstance(schedule(context), dg.SkipReason)
         instance.add_dynamic_partitions(batches.name, ["b", "a", "c"])
-        request = discovery_schedule(context)
+        request = schedule(context)
         assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("b", "c")
+    assert schedule.job_name == "churn_discovery"
+
+
+def test_two_discoveries_of_one_name_are_refused():
+    with pytest.raises(ValueError, match="same name"):
+        build_definitions("local", discoveries=[discovery("churn"), discovery("churn")])
 
 
 def test_headless_run_config_is_valid_and_quiets_the_console():
-    from instruct_lf_dagster.automation import discovery_job
     from instruct_lf_dagster.run import console_config
 
     with dg.instance_for_test():  # a live instance for the definitions' state storage
-        job = build_definitions("local").resolve_job_def(discovery_job.name)
-    goal = {"ops": {"proposals": {"config": {"goal": "what decides the next movie?"}}}}
-    config = console_config(goal)
-    assert config["loggers"]["console"]["config"]["log_level"] == "INFO" and config["ops"] == goal["ops"]
-    assert (
-        dg.validate_run_config(job, config)["ops"]["proposals"]["config"]["goal"]
-        == goal["ops"]["proposals"]["config"]["goal"]
-    )
+        job = build_definitions("local").resolve_job_def("all_discoveries")
+    config = console_config()
+    assert config["loggers"]["console"]["config"]["log_level"] == "INFO"
+    assert dg.validate_run_config(job, config)["loggers"]["console"]["config"]["log_level"] == "INFO"

@@ -121,6 +121,32 @@ def test_a_file_needs_a_goal_and_labels(tmp_path):
         probe.main(parser.parse_args(["--data", str(path), "--label-field", "genre"]))
 
 
+def test_refit_factors_reuses_the_models_matrix_and_settings_but_the_seed(monkeypatch):
+    """A refit is the model's own factor stage with another seed (and penalty and count): a direct Linear CorEx
+    fit with the same settings, bit for bit."""
+    from instruct_lf_dagster.core.corex import LinearCorex
+    from instruct_lf_dagster.core.pipeline import InstructLF
+    from instruct_lf_dagster.core.vocabulary import Vocabulary
+
+    rng = np.random.default_rng(0)
+    x = (np.repeat(rng.normal(size=(40, 2)), 3, axis=1) + 0.5 * rng.normal(size=(40, 6))).astype(np.float32)
+    model = InstructLF(n_factors=2, l1=0.9, max_iter=40, threads=1)
+    model.vocabulary_ = Vocabulary.fit([[f"Trait {j}" for j in range(6)]])
+    model.factors_ = model.fit_factors(x, model.vocabulary_.properties)
+    monkeypatch.setattr(model, "compatibility", lambda texts: x[: len(texts)])
+
+    def direct(m, l1, seed):
+        return LinearCorex(m, l1=l1, seed=seed, max_iter=40, threads=1).fit(x)
+
+    texts = ["a text"] * len(x)
+    for (m, l1), refit in {
+        (2, 0.9): probe.refit_factors(model, texts, seed=3),
+        (3, 0.0): probe.refit_factors(model, texts, seed=3, l1=0.0, n_factors=3),
+    }.items():
+        np.testing.assert_array_equal(refit.model.w_, direct(m, l1, 3).w_)
+        assert refit.properties == tuple(model.vocabulary_.properties)
+
+
 @pytest.mark.integration
 def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
     """The whole probe twice with the same data and seeds: the same numbers; the second run asks no LLM."""

@@ -1,4 +1,5 @@
-"""The whole asset graph, materialised with a deterministic fake LLM, the real MiniLM and a real DuckDB file."""
+"""The asset graph of declared discoveries, materialised with a deterministic fake LLM, the real MiniLM and a real
+DuckDB file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from instruct_lf_dagster.assets import all_assets, all_checks
+from instruct_lf_dagster.assets import discovery_definitions, documents
 from instruct_lf_dagster.automation import all_batches_tags
+from instruct_lf_dagster.components import Discovery
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox
@@ -30,12 +32,18 @@ REVIEWS = [
     "Car chase after car chase, one explosion after another.",
 ]
 
-RUN_CONFIG = {
-    "ops": {
-        "linker": {"config": {"epochs": 2, "batch_size": 8, "train_seq_length": 64, "seed": 0}},
-        "latent_factors": {"config": {"n_factors": 3, "max_iter": 300, "seed": 0}},
+
+def discovery(name: str = "reviews", goal: str = "What makes a film worth watching?", **changes) -> Discovery:
+    """A small, fast discovery (2 linker epochs, 3 factors)."""
+    attributes = {
+        "name": name,
+        "goal": goal,
+        "document_kind": "movie review",
+        "linker": {"epochs": 2, "batch_size": 8, "train_seq_length": 64},
+        "factors": {"n_factors": 3, "max_iter": 300},
+        **changes,
     }
-}
+    return Discovery.resolve_from_dict(attributes)
 
 
 def write_batches(folder: Path, count: int = 3) -> list[str]:
@@ -57,16 +65,25 @@ def local_resources(tmp_path: Path) -> dict:
     }
 
 
-def run(resources: dict, instance: dg.DagsterInstance, keys: list[str], selection=None, raise_on_error=True):
+def graph(*discoveries: Discovery) -> list:
+    """The shared documents and every asset and check of `discoveries`."""
+    defs = dg.Definitions.merge(*(discovery_definitions(d) for d in discoveries))
+    return [documents, *defs.assets, *defs.asset_checks]
+
+
+def run(resources, instance, keys, discoveries=None, selection=None, raise_on_error=True):
     return dg.materialize(
-        [*all_assets, *all_checks],
+        graph(*(discoveries or [discovery()])),
         resources=resources,
         instance=instance,
-        run_config=RUN_CONFIG if selection is None else {},
         tags=all_batches_tags(keys),
         selection=selection,
         raise_on_error=raise_on_error,
     )
+
+
+def table(resources: dict, name: str, keys=None):
+    return resources["storage"].read_table(name, keys)
 
 
 @pytest.fixture
@@ -87,22 +104,23 @@ def test_whole_graph_then_backfill_is_idempotent(tmp_path, keyword_llm, instance
     assert checks["llm_failure_rate"]
 
     storage = resources["storage"]
-    scores = storage.read_table("document_factors", keys)
+    scores = storage.read_table("reviews__document_factors", keys)
     assert len(scores) == 3 * len(REVIEWS)
     assert {len(s) for s in scores["scores"]} == {3}
-    vocab = storage.load_artefact("vocabulary")
+    vocab = storage.load_artefact("reviews__vocabulary")
     assert "Comedy genre" in vocab.properties and "Horror genre" in vocab.properties
-    report = storage.read_table("factor_report")
+    report = storage.read_table("reviews__factor_report")
     assert sorted(report["property"]) == sorted(vocab.properties)  # every property in exactly one factor
     # Every document is distinct, so each was asked exactly once.
     calls = keyword_llm.calls
     assert calls == 3 * len(REVIEWS)
 
     # Backfill one batch again: same rows, no new LLM call.
-    before = storage.read_table("document_factors", keys).sort_values("document_id")
-    again = run(resources, instance, [keys[1]], selection=dg.AssetSelection.groups("batches"))
+    before = storage.read_table("reviews__document_factors", keys).sort_values("document_id")
+    rescore = [dg.AssetKey(["reviews", s]) for s in ("proposals", "compatibility", "document_factors")]
+    again = run(resources, instance, [keys[1]], selection=rescore)
     assert again.success
-    after = storage.read_table("document_factors", keys).sort_values("document_id")
+    after = storage.read_table("reviews__document_factors", keys).sort_values("document_id")
     assert len(after) == len(before)
     assert keyword_llm.calls == calls
     np.testing.assert_allclose(np.stack(after["scores"]), np.stack(before["scores"]), atol=1e-5)
@@ -116,7 +134,7 @@ def test_same_inputs_give_the_same_factors(tmp_path, keyword_llm, instance):
         resources = local_resources(tmp_path / attempt)
         resources["inbox"] = LocalInbox(path=str(tmp_path / "inbox"))
         assert run(resources, instance, keys).success
-        reports.append(resources["storage"].read_table("factor_report").sort_values(["factor", "rank"]))
+        reports.append(table(resources, "reviews__factor_report").sort_values(["factor", "rank"]))
     assert reports[0]["property"].tolist() == reports[1]["property"].tolist()
     assert reports[0]["factor"].tolist() == reports[1]["factor"].tolist()
 
@@ -158,6 +176,76 @@ def test_s3_environment(tmp_path, keyword_llm, instance, s3_bucket):
     assert run(resources, instance, keys).success
     listed = s3.get_client().list_objects_v2(Bucket=bucket, Prefix="prod/")["Contents"]
     names = {item["Key"] for item in listed}
-    assert "prod/tables/document_factors/reviews_0.jsonl.parquet" in names
-    assert "prod/artefacts/linker/manifest.json" in names
-    assert len(storage.read_table("document_factors", keys)) == 2 * len(REVIEWS)
+    assert "prod/tables/reviews__document_factors/reviews_0.jsonl.parquet" in names
+    assert "prod/artefacts/reviews__linker/manifest.json" in names
+    assert len(storage.read_table("reviews__document_factors", keys)) == 2 * len(REVIEWS)
+
+
+def test_two_discoveries_over_one_inbox_in_one_run(tmp_path, keyword_llm, instance):
+    keys = write_batches(tmp_path / "inbox", count=2)
+    instance.add_dynamic_partitions(batches.name, keys)
+    resources = local_resources(tmp_path)
+    churn = discovery("churn", "Why do customers leave?")
+    features = discovery("features", "Which features do customers ask for?", document_kind="support ticket")
+    assert run(resources, instance, keys, discoveries=[churn, features]).success
+
+    # Each discovery's prompts carried its own goal and document kind.
+    systems = [messages[0]["content"] for messages in keyword_llm.requests]
+    assert sum("Why do customers leave?" in s for s in systems) == 2 * len(REVIEWS)
+    assert sum(
+        "Which features do customers ask for?" in s and "support ticket" in s for s in systems
+    ) == 2 * len(REVIEWS)
+    for d in (churn, features):
+        assert len(table(resources, f"{d.name}__factor_report")) > 0
+        assert len(table(resources, f"{d.name}__document_factors", keys)) == 2 * len(REVIEWS)
+    # documents ran once per batch, for both discoveries.
+    records = instance.fetch_materializations(dg.AssetKey("documents"), limit=100).records
+    assert sorted(r.partition_key for r in records) == sorted(keys)
+
+
+def test_the_method_object_and_the_asset_graph_give_the_same_factors(tmp_path, keyword_llm, instance):
+    from instruct_lf_dagster.core.proposals import propose
+
+    keys = write_batches(tmp_path / "inbox", count=2)
+    instance.add_dynamic_partitions(batches.name, keys)
+    resources = local_resources(tmp_path)
+    d = discovery()
+    assert run(resources, instance, keys, discoveries=[d]).success
+    graph_factors = resources["storage"].load_artefact("reviews__latent_factors")
+
+    docs = table(resources, "documents", keys)
+    proposed = propose(resources["llm"].get_client(), d.to_goal(), docs["text"].tolist())  # cached answers
+    method = d.method(device="cpu", encode_batch_size=16).fit(docs["text"].tolist(), proposed.properties)
+    assert method.factors_.properties == graph_factors.properties
+    np.testing.assert_array_equal(method.factors_.model.w_, graph_factors.model.w_)
+
+
+def test_a_goal_edit_marks_only_that_discovery_unsynced(tmp_path, keyword_llm, instance):
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    keys = write_batches(tmp_path / "inbox", count=1)
+    instance.add_dynamic_partitions(batches.name, keys)
+    resources = local_resources(tmp_path)
+    churn, features = discovery("churn", "Why do customers leave?"), discovery("features", "Which features?")
+    assert run(resources, instance, keys, discoveries=[churn, features]).success
+    calls = keyword_llm.calls
+
+    edited = discovery("churn", "Why do customers leave within a month?")
+    defs = dg.Definitions(assets=graph(edited, features), resources=resources)
+    resolver = CachingStaleStatusResolver(
+        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
+    )
+    for stage in ("proposals", "vocabulary", "linker", "compatibility", "latent_factors", "document_factors"):
+        key = dg.AssetKey(["churn", stage])
+        partition = keys[0] if stage in ("proposals", "compatibility", "document_factors") else None
+        assert resolver.get_status(key, partition) == StaleStatus.STALE, stage
+        assert resolver.get_status(dg.AssetKey(["features", stage]), partition) == StaleStatus.FRESH, stage
+
+    # Re-materialising the other discovery asks the LLM nothing; the edited one asks again.
+    features_only = dg.AssetSelection.groups("features")
+    assert run(resources, instance, keys, discoveries=[edited, features], selection=features_only).success
+    assert keyword_llm.calls == calls
+    churn_only = dg.AssetSelection.groups("churn")
+    assert run(resources, instance, keys, discoveries=[edited, features], selection=churn_only).success
+    assert keyword_llm.calls == calls + len(REVIEWS)

@@ -1,22 +1,262 @@
-"""InstructLF refuses input it cannot discover factors from, with a message that says why."""
+"""InstructLF: one object holds the method's settings and runs its stages; bad input is refused clearly.
+
+The fast tests load no model: factors are fitted on small synthetic matrices, and the linker is replaced by a
+stand-in where a stage would build one. Tests that load MiniLM are marked integration.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
+import numpy as np
 import pytest
 
+from instruct_lf_dagster.core import pipeline
+from instruct_lf_dagster.core.corex import LinearCorex
+from instruct_lf_dagster.core.factors import Factors
+from instruct_lf_dagster.core.linker import Linker, LinkerReport
 from instruct_lf_dagster.core.pipeline import InstructLF, auto_factors
+from instruct_lf_dagster.core.vocabulary import Vocabulary
+
+PROPERTIES = [f"property {j}" for j in range(12)]
+
+
+def planted(n: int = 60, groups: int = 3, seed: int = 0) -> np.ndarray:
+    """n x 12 compatibility-like rows: 3 groups of 4 columns, each driven by one hidden factor."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, groups))
+    x = np.repeat(z, 12 // groups, axis=1) + 0.5 * rng.normal(size=(n, 12))
+    return x.astype(np.float32)
+
+
+def same_model(a: LinearCorex, b: LinearCorex) -> None:
+    for name in ("w_", "mis_", "mean_", "std_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.objective_ == b.objective_ and a.history_ == b.history_
+
+
+class FakeLinker:
+    """Stands in for `Linker` (no MiniLM): records how it was built, fitted and asked to encode."""
+
+    built: list[dict] = []
+    batch_sizes: list[int] = []
+
+    def __init__(self, encoder=None, **settings):
+        self.fitted = None
+        FakeLinker.built.append(settings)
+
+    def encode_properties(self, texts, batch_size=256):
+        FakeLinker.batch_sizes.append(batch_size)
+        return np.eye(len(texts), dtype=np.float32)  # no two properties alike: nothing merges
+
+    def fit(self, documents, proposals, **options):
+        self.fitted = (list(documents), [list(p) for p in proposals], options)
+        return LinkerReport(epochs_run=options["epochs"])
+
+
+@pytest.fixture
+def fake_linker(monkeypatch):
+    FakeLinker.built, FakeLinker.batch_sizes = [], []
+    monkeypatch.setattr(pipeline, "Linker", FakeLinker)
+    return FakeLinker
+
+
+# -- settings -------------------------------------------------------------------------------------------------
+
+
+def test_every_setting_is_a_field_with_the_platforms_defaults():
+    model = InstructLF()
+    assert (model.n_factors, model.l1, model.warm_start, model.seed, model.device) == (
+        None,
+        0.0,
+        True,
+        0,
+        "cpu",
+    )
+    fields = [f.name for f in dataclasses.fields(InstructLF)]
+    assert fields[-1] == "cache" and "cache" not in repr(model)
+    # The stages take data only: their settings come from the object.
+    for stage in (InstructLF.fit_vocabulary, InstructLF.fit_linker, InstructLF.fit_factors):
+        assert not set(inspect.signature(stage).parameters) & set(fields)
+
+
+def test_automatic_factor_count_stays_in_the_papers_range():
+    assert [auto_factors(p) for p in (0, 16, 800, 100_000)] == [2, 2, 100, 368]
+
+
+# -- factors --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("l1", [0.0, 0.9])  # the two optimisers: quasi-Newton without L1, Adam with it
+def test_fit_factors_is_a_direct_linear_corex_fit_with_the_objects_settings(l1):
+    x = planted()
+    model = InstructLF(n_factors=3, l1=l1, max_iter=60, seed=7, threads=1)
+    factors = model.fit_factors(x, PROPERTIES)
+    direct = LinearCorex(3, l1=l1, seed=7, device="cpu", max_iter=60, threads=1).fit(x)
+    same_model(factors.model, direct)
+    assert factors.properties == tuple(PROPERTIES) and factors.model.l1 == l1
+    assert factors.model.optimizer_ == ("adam" if l1 else "lbfgs")
+
+
+def test_fit_factors_counts_factors_from_the_properties_when_not_set():
+    x = np.hstack([planted(), planted(seed=1)])  # 24 properties -> 3 factors
+    properties = [f"p{j}" for j in range(24)]
+    assert InstructLF(max_iter=20).fit_factors(x, properties).n_factors == auto_factors(24) == 3
+
+
+def test_fit_factors_refuses_a_matrix_of_another_width():
+    with pytest.raises(ValueError, match="one column per property"):
+        InstructLF(n_factors=2).fit_factors(planted(), PROPERTIES[:-1])
+
+
+def test_warm_start_only_from_a_previous_fit_with_the_same_factor_count():
+    x = planted()
+    previous = InstructLF(n_factors=3, max_iter=50).fit_factors(x, PROPERTIES)
+    # The vocabulary grew: known properties keep their columns, the new one starts at 0.
+    grown = [*PROPERTIES, "new property"]
+    x2 = np.hstack([planted(seed=2), planted(seed=3)[:, :1]])
+    model = InstructLF(n_factors=3, max_iter=50, seed=1)
+
+    warm = model.fit_factors(x2, grown, previous=previous)
+    direct = LinearCorex(3, l1=0.0, seed=1, max_iter=50).fit(x2, warm_start=previous.warm_start(grown))
+    same_model(warm.model, direct)
+    assert len(warm.model.history_) == 1  # a warm start skips annealing
+
+    cold = LinearCorex(3, l1=0.0, seed=1, max_iter=50).fit(x2)
+    assert len(cold.history_) > 1
+    same_model(model.fit_factors(x2, grown).model, cold)
+    same_model(dataclasses.replace(model, warm_start=False).fit_factors(x2, grown, previous).model, cold)
+    other_count = dataclasses.replace(model, n_factors=4).fit_factors(x2, grown, previous=previous)
+    same_model(other_count.model, LinearCorex(4, l1=0.0, seed=1, max_iter=50).fit(x2))
+
+
+def test_a_refit_with_other_settings_keeps_the_rest():
+    model = InstructLF(n_factors=2, l1=0.9, max_iter=30, seed=3, threads=1)
+    refit = dataclasses.replace(model, n_factors=3, l1=0.0)
+    assert (refit.max_iter, refit.seed, refit.threads, refit.cache) == (30, 3, 1, model.cache)
+    x = planted()
+    same_model(
+        refit.fit_factors(x, PROPERTIES).model,
+        LinearCorex(3, l1=0.0, seed=3, max_iter=30, threads=1).fit(x),
+    )
+
+
+# -- vocabulary and linker, with a stand-in linker ------------------------------------------------------------
+
+
+def test_fit_vocabulary_encodes_with_the_objects_settings(fake_linker):
+    model = InstructLF(truncation="tail", max_seq_length=128, device="cpu", encode_batch_size=16, min_count=2)
+    vocabulary = model.fit_vocabulary([["Comedy genre", "Silly humor"], None, ["comedy genre"], []])
+    assert vocabulary.properties == ["Comedy genre"]  # "Silly humor" proposed once: below min_count
+    assert fake_linker.built == [{"truncation": "tail", "max_seq_length": 128, "device": "cpu"}]
+    assert fake_linker.batch_sizes == [16]
+
+
+@pytest.mark.parametrize("proposals", [[None, None], [[], []], [["", "  "], ["1.", "-"]]])
+def test_no_usable_property_is_a_clear_error_and_loads_no_model(proposals, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("MiniLM loaded")
+
+    monkeypatch.setattr(pipeline, "Linker", no_model)
+    with pytest.raises(ValueError, match="no usable property"):
+        InstructLF().fit(["first review", "second review"], proposals)
 
 
 def test_proposals_must_line_up_with_documents():
     with pytest.raises(ValueError, match="2 documents but 1 proposal lists"):
         InstructLF().fit(["a", "b"], [["Comedy genre"]])
+    with pytest.raises(ValueError, match="2 documents but 1 proposal lists"):
+        InstructLF().fit_linker(["a", "b"], [["Comedy genre"]], Vocabulary.fit([["Comedy genre"]]))
 
 
-@pytest.mark.parametrize("proposals", [[None, None], [[], []], [["", "  "], ["1.", "-"]]])
-def test_no_usable_property_is_a_clear_error(proposals):
-    with pytest.raises(ValueError, match="no usable property"):
-        InstructLF().fit(["first review", "second review"], proposals)
+def test_fit_linker_pairs_documents_with_their_vocabulary_properties(fake_linker):
+    vocabulary = Vocabulary.fit([["Comedy genre", "Horror genre"], ["comedy genre"]], min_count=2)
+    model = InstructLF(
+        linker_epochs=3,
+        linker_batch_size=8,
+        linker_lr=1e-4,
+        linker_patience=1,
+        linker_val_fraction=0.2,
+        linker_seq_length=64,
+        seed=5,
+    )
+    calls = []
+    linker, report = model.fit_linker(
+        ["a", "b", "c", "d"],
+        [["Comedy genre", "Horror genre"], None, ["Horror genre"], ["comedy genre"]],
+        vocabulary,
+        progress=lambda *epoch: calls.append(epoch),
+    )
+    documents, proposals, options = linker.fitted
+    assert (documents, proposals) == (["a", "d"], [["Comedy genre"], ["Comedy genre"]])
+    assert {k: v for k, v in options.items() if k != "progress"} == {
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "patience": 1,
+        "val_fraction": 0.2,
+        "seed": 5,
+        "max_seq_length": 64,
+    }
+    options["progress"](1, 0.5, None)
+    assert calls == [(1, 0.5, None)] and report.epochs_run == 3
 
 
-def test_automatic_factor_count_stays_in_the_papers_range():
-    assert [auto_factors(p) for p in (0, 16, 800, 100_000)] == [2, 2, 100, 368]
+def test_fit_linker_refuses_when_no_document_has_a_vocabulary_property(fake_linker):
+    vocabulary = Vocabulary.fit([["Comedy genre"], ["Comedy genre"]], min_count=2)
+    with pytest.raises(ValueError, match="no document has a property in the vocabulary"):
+        InstructLF().fit_linker(["a", "b"], [["Horror genre"], None], vocabulary)
+    assert fake_linker.built == []
+
+
+def test_fit_chains_the_stages(fake_linker, monkeypatch):
+    caches = []
+
+    def matrix(linker, texts, properties, *, batch_size, cache):
+        assert batch_size == 16
+        caches.append(cache)
+        return planted(len(texts))[:, : len(properties)]
+
+    monkeypatch.setattr(pipeline, "compatibility", matrix)
+    proposals = [[f"Trait {j}" for j in range(12)] if i % 2 else None for i in range(8)]
+    documents = [f"document {i}" for i in range(8)]
+    corpus = [f"text {i}" for i in range(40)]
+    model = InstructLF(max_iter=20, encode_batch_size=16).fit(documents, proposals, corpus=corpus)
+    assert len(model.vocabulary_) == 12 and model.linker_report_.epochs_run == 20
+    assert model.linker_.fitted[0] == documents[1::2]
+    same_model(model.factors_.model, InstructLF(max_iter=20).fit_factors(planted(40), PROPERTIES).model)
+    assert model.transform(["a", "b", "c"]).shape == (3, 2)
+    assert caches == [model.cache, model.cache]
+
+    given = Linker.__new__(Linker)  # a trained linker passed in is used as is, not trained again
+    again = InstructLF(max_iter=20, encode_batch_size=16)
+    assert again.fit(documents, proposals, corpus=corpus, linker=given).linker_ is given
+    assert again.linker_report_ is None
+
+
+# -- with MiniLM ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration  # MiniLM folds the vocabulary and is fine-tuned
+def test_the_stages_by_hand_give_what_fit_gives():
+    tastes = {"horror": ["Horror genre", "Scary atmosphere"], "comedy": ["Comedy genre", "Silly humor"]}
+    documents = [f"I love {t} movies, number {i}." for i in range(12) for t in tastes]
+    proposals = [tastes[t] + (["horror genre."] if t == "horror" else []) for _ in range(12) for t in tastes]
+    corpus = [*documents, "Something frightening tonight?", "A film to laugh at?"]
+    settings = {"n_factors": 2, "linker_epochs": 1, "linker_batch_size": 8, "max_iter": 50}
+    model = InstructLF(**settings).fit(documents, proposals, corpus=corpus)
+    assert len(model.vocabulary_) == 4 and model.linker_report_.epochs_run == 1
+
+    staged = InstructLF(**settings)
+    vocabulary = staged.fit_vocabulary(proposals)
+    assert vocabulary == model.vocabulary_
+    linker, report = staged.fit_linker(documents, proposals, vocabulary)
+    assert linker.fingerprint == model.linker_.fingerprint and report.pairs == model.linker_report_.pairs
+    staged.vocabulary_, staged.linker_ = vocabulary, linker
+    factors = staged.fit_factors(staged.compatibility(corpus), vocabulary.properties)
+    same_model(factors.model, model.factors_.model)
+    np.testing.assert_array_equal(
+        model.transform(corpus[-2:]), factors.scores(staged.compatibility(corpus[-2:]))
+    )
+    assert isinstance(factors, Factors)

@@ -1,8 +1,28 @@
-"""Assets, grouped by domain: per-batch (documents, proposals, compatibility, scores) and discovery."""
+"""Assets: the shared `documents`, and the assets, jobs and refit schedule that each discovery builds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from instruct_lf_dagster.assets import discovery, documents, proposals, scoring
+from instruct_lf_dagster.assets import discovery, proposals, scoring
+from instruct_lf_dagster.assets.documents import documents
+from instruct_lf_dagster.automation import discovery_jobs, refit_schedule
 
-all_assets = dg.load_assets_from_modules([documents, proposals, discovery, scoring])
-all_checks = dg.load_asset_checks_from_modules([documents, proposals, discovery, scoring])
+if TYPE_CHECKING:
+    from instruct_lf_dagster.components.discovery import Discovery
+
+__all__ = ["discovery_definitions", "documents"]
+
+
+def discovery_definitions(d: Discovery) -> dg.Definitions:
+    """Everything one discovery adds: `<name>/...` assets and checks, its two jobs and its refit schedule."""
+    built = [*proposals.build(d), *discovery.build(d), *scoring.build(d)]
+    refit, score = discovery_jobs(d)
+    return dg.Definitions(
+        assets=[a for a in built if not isinstance(a, dg.AssetChecksDefinition)],
+        asset_checks=[c for c in built if isinstance(c, dg.AssetChecksDefinition)],
+        jobs=[refit, score],
+        schedules=[refit_schedule(d, refit)],
+    )

@@ -89,7 +89,7 @@ def read_batch(batch: str, name: str, data: bytes, config: DocumentsConfig) -> t
 @dg.asset(
     partitions_def=batches,
     backfill_policy=single_run,
-    group_name="batches",
+    group_name="inbox",
     pool="duckdb",
     kinds={"duckdb"},
 )

@@ -63,6 +63,10 @@ class Factors:
         """Indices of the factors that hold at least one property, ascending."""
         return list(self._members)
 
+    def ranked(self) -> list[int]:
+        """Non-empty factors, strongest (total mutual information with their properties) first."""
+        return sorted(self.nonempty(), key=lambda k: (-self.strength(k), k))
+
     def members(self, k: int) -> list[tuple[str, float]]:
         """Properties of factor k with their MI, highest MI first (empty for an empty factor)."""
         return [(self.properties[j], float(self.model.mis[k, j])) for j in self._members.get(k, [])]
@@ -121,9 +125,8 @@ class Factors:
 
     def describe(self, top: int = 5, properties: int = 5) -> str:
         """A markdown table of the `top` strongest factors (total MI), each with its first `properties` members."""
-        ranked = sorted(self.nonempty(), key=lambda k: -self.strength(k))[:top]
         lines = ["| factor | size | properties (MI) |", "|---:|---:|---|"]
-        for k in ranked:
+        for k in self.ranked()[:top]:
             shown = "; ".join(
                 f"{prop.replace('|', '/')} ({mi:.2f})" for prop, mi in self.members(k)[:properties]
             )

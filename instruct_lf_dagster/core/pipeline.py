@@ -1,13 +1,14 @@
 """The whole method in one object: proposals -> vocabulary -> linker -> compatibility -> factors.
 
-`InstructLF` is for notebooks, tests and the evaluations: the Dagster assets run the same stages one by one,
-with storage and partitions around them.
+`InstructLF` holds every setting of the method, with its default, and exposes each stage (`fit_vocabulary`,
+`fit_linker`, `fit_factors`) as well as `fit`, which chains them. The evaluations use the object; the Dagster
+assets call the same stages one by one, with storage and partitions around them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +21,16 @@ from instruct_lf_dagster.core.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[int, float, float | None], None]  # (epoch, train loss, validation loss or None)
+
 
 def auto_factors(n_properties: int) -> int:
     """The default number of factors: one per 8 properties, between 2 and the paper's 368."""
     return int(np.clip(n_properties // 8, 2, 368))
+
+
+def _log_epoch(epoch: int, train: float, val: float | None) -> None:
+    log.info("linker: epoch %d train loss %.4f validation loss %s", epoch, train, val)
 
 
 @dataclass
@@ -34,25 +41,121 @@ class InstructLF:
     (document, property) pairs, builds the compatibility matrix of `corpus` (default: the documents; it may hold
     documents that have no proposals, which is what the linker is for) and fits Linear CorEx on it.
     `transform(texts)` gives factor scores. Every random step is seeded by `seed`.
+
+    The settings below are the method's, defaults included, and nowhere else. `l1 = 0` is the platform's
+    default (the fast quasi-Newton fit); the paper's 0.9 is passed explicitly where wanted. To refit factors
+    with other settings: `dataclasses.replace(model, n_factors=m, l1=l1).fit_factors(x, properties)`.
     """
 
     n_factors: int | None = None  # None: `auto_factors` of the vocabulary size
-    l1: float = 0.9
-    truncation: Truncation = "head"
-    merge_threshold: float = 0.9
-    min_count: int = 1
+    l1: float = 0.0
+    truncation: Truncation = "head"  # which end of long documents the encoder keeps
+    merge_threshold: float = 0.9  # cosine at or above which two properties are merged
+    min_count: int = 1  # drop properties proposed fewer times than this
     linker_epochs: int = 20
     linker_batch_size: int = 512
-    linker_patience: int = 2
-    max_seq_length: int = 256
-    # shorter texts while fine-tuning only (CPU time); None: max_seq_length
-    linker_seq_length: int | None = None
-    max_iter: int = 1000
+    linker_lr: float = 5e-5
+    linker_patience: int = 2  # epochs without validation improvement before stopping
+    linker_val_fraction: float = 0.1
+    max_seq_length: int = 256  # tokens per text the linker encodes
+    linker_seq_length: int | None = None  # shorter while fine-tuning (CPU time); None: max_seq_length
+    max_iter: int = 1000  # CorEx step budget per annealing stage
+    warm_start: bool = True  # `fit_factors` starts from `previous` when its factor count matches
     seed: int = 0
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = None  # CPU threads for CorEx; None: torch's default
+    encode_batch_size: int = 64  # texts per encoder batch
     cache: EmbeddingCache = field(default_factory=EmbeddingCache, repr=False)
 
+    # -- stages -------------------------------------------------------------------------------------------------
+    def _linker(self) -> Linker:
+        """An untrained linker (MiniLM) with this object's encoding settings."""
+        return Linker(truncation=self.truncation, max_seq_length=self.max_seq_length, device=self.device)
+
+    def fit_vocabulary(self, proposals: Sequence[Sequence[str] | None]) -> Vocabulary:
+        """Every proposed property, normalised; exact and near duplicates (MiniLM cosine) folded together.
+
+        MiniLM is loaded only when there are at least two properties to compare.
+        """
+
+        def embed(texts: list[str]) -> np.ndarray:  # called once, with every property
+            return self._linker().encode_properties(texts, batch_size=self.encode_batch_size)
+
+        vocabulary = Vocabulary.fit(
+            [p or () for p in proposals], embed, threshold=self.merge_threshold, min_count=self.min_count
+        )
+        if not len(vocabulary):
+            raise ValueError("no usable property in the proposals: nothing to discover factors from")
+        return vocabulary
+
+    def fit_linker(
+        self,
+        documents: Sequence[str],
+        proposals: Sequence[Sequence[str] | None],
+        vocabulary: Vocabulary,
+        progress: Progress | None = None,
+    ) -> tuple[Linker, LinkerReport]:
+        """A fresh linker fine-tuned on each document paired with `vocabulary.map` of its proposals.
+
+        Documents none of whose proposals is in the vocabulary are left out. `progress(epoch, train_loss,
+        val_loss)` is called after every epoch (default: a log line).
+        """
+        _check_aligned(documents, proposals)
+        pairs = [(d, vocabulary.map(list(p))) for d, p in zip(documents, proposals, strict=True) if p]
+        pairs = [(d, props) for d, props in pairs if props]
+        if not pairs:
+            raise ValueError("no document has a property in the vocabulary: nothing to train the linker on")
+        log.info("linker: %d documents with proposals, %d properties", len(pairs), len(vocabulary))
+        linker = self._linker()
+        report = linker.fit(
+            [d for d, _ in pairs],
+            [props for _, props in pairs],
+            epochs=self.linker_epochs,
+            batch_size=self.linker_batch_size,
+            lr=self.linker_lr,
+            patience=self.linker_patience,
+            val_fraction=self.linker_val_fraction,
+            seed=self.seed,
+            max_seq_length=self.linker_seq_length,
+            progress=progress or _log_epoch,
+        )
+        return linker, report
+
+    def fit_factors(
+        self, x: np.ndarray, properties: Sequence[str], previous: Factors | None = None
+    ) -> Factors:
+        """Linear CorEx on the compatibility matrix x (documents x `properties`), read as factors.
+
+        With `warm_start`, a `previous` fit with the same factor count is the starting point (its known
+        properties keep their weights, new ones start at 0); otherwise the weights start random.
+        """
+        if np.ndim(x) != 2 or np.shape(x)[1] != len(properties):
+            raise ValueError(
+                f"x of shape {np.shape(x)} does not have one column per property ({len(properties)})"
+            )
+        n_factors = self.n_factors or auto_factors(len(properties))
+        warm = (
+            previous.warm_start(properties)
+            if self.warm_start and previous is not None and previous.n_factors == n_factors
+            else None
+        )
+        log.info(
+            "Linear CorEx: %d x %d -> %d factors%s",
+            *np.shape(x),
+            n_factors,
+            " (warm start)" * (warm is not None),
+        )
+        corex = LinearCorex(
+            n_factors,
+            l1=self.l1,
+            seed=self.seed,
+            device=self.device,
+            max_iter=self.max_iter,
+            threads=self.threads,
+        ).fit(x, warm_start=warm)
+        return Factors(corex, properties)
+
+    # -- the whole method ---------------------------------------------------------------------------------------
     def fit(
         self,
         documents: Sequence[str],
@@ -62,63 +165,36 @@ class InstructLF:
     ) -> InstructLF:
         """Discover factors; `proposals[i]` belongs to `documents[i]` (None or empty: nothing proposed).
 
+        Sets `vocabulary_`, `linker_`, `linker_report_` and `factors_` (fitted afresh: no warm start).
         `linker`: one already trained on these proposals (e.g. `Linker.load` of `linker_.save`), used as is, so
         that trying other CorEx settings skips the costly fine-tuning; `linker_report_` is then None.
         """
-        if len(documents) != len(proposals):
-            raise ValueError(f"{len(documents)} documents but {len(proposals)} proposal lists")
-        trained, linker = (
-            linker,
-            Linker(truncation=self.truncation, max_seq_length=self.max_seq_length, device=self.device),
-        )
-        self.vocabulary_ = Vocabulary.fit(
-            [p or () for p in proposals],
-            lambda texts: linker.encode_properties(texts),
-            threshold=self.merge_threshold,
-            min_count=self.min_count,
-        )
-        if not len(self.vocabulary_):
-            raise ValueError("no usable property in the proposals: nothing to discover factors from")
-        pairs = [(d, self.vocabulary_.map(list(p))) for d, p in zip(documents, proposals, strict=True) if p]
-        log.info("linker: %d documents with proposals, %d properties", len(pairs), len(self.vocabulary_))
+        _check_aligned(documents, proposals)
+        self.vocabulary_ = self.fit_vocabulary(proposals)
         self.linker_report_: LinkerReport | None = None
-        if trained is not None:
-            self.linker_ = trained
-            return self._fit_factors(documents if corpus is None else corpus)
-        self.linker_report_ = linker.fit(
-            [d for d, _ in pairs],
-            [p for _, p in pairs],
-            epochs=self.linker_epochs,
-            batch_size=self.linker_batch_size,
-            patience=self.linker_patience,
-            seed=self.seed,
-            max_seq_length=self.linker_seq_length,
-            progress=lambda epoch, train, val: log.info(
-                "linker: epoch %d train loss %.4f validation loss %s", epoch, train, val
-            ),
-        )
-        self.linker_ = linker
-        return self._fit_factors(documents if corpus is None else corpus)
-
-    def _fit_factors(self, corpus: Sequence[str]) -> InstructLF:
-        x = self.compatibility(corpus)
-        n_factors = self.n_factors or auto_factors(x.shape[1])
-        log.info("Linear CorEx: %d x %d -> %d factors", *x.shape, n_factors)
-        corex = LinearCorex(
-            n_factors,
-            l1=self.l1,
-            seed=self.seed,
-            device=self.device,
-            max_iter=self.max_iter,
-            threads=self.threads,
-        ).fit(x)
-        self.factors_ = Factors(corex, self.vocabulary_.properties)
+        if linker is None:
+            self.linker_, self.linker_report_ = self.fit_linker(documents, proposals, self.vocabulary_)
+        else:
+            self.linker_ = linker
+        x = self.compatibility(documents if corpus is None else corpus)
+        self.factors_ = self.fit_factors(x, self.vocabulary_.properties)
         return self
 
     def compatibility(self, texts: Sequence[str]) -> np.ndarray:
         """Rows of the documents x properties matrix for `texts` (embeddings cached by text)."""
-        return compatibility(self.linker_, texts, self.vocabulary_.properties, cache=self.cache)
+        return compatibility(
+            self.linker_,
+            texts,
+            self.vocabulary_.properties,
+            batch_size=self.encode_batch_size,
+            cache=self.cache,
+        )
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """Factor scores (n, n_factors) of `texts`."""
         return self.factors_.scores(self.compatibility(texts))
+
+
+def _check_aligned(documents: Sequence[str], proposals: Sequence[object]) -> None:
+    if len(documents) != len(proposals):
+        raise ValueError(f"{len(documents)} documents but {len(proposals)} proposal lists")

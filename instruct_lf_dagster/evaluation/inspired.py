@@ -17,7 +17,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -209,8 +209,6 @@ def evaluate_seed(
     `cache` keeps embeddings across seeds: the raw encoder's, and a reused linker's, do not depend on the seed.
     """
     from instruct_lf_dagster.core.compatibility import EmbeddingCache
-    from instruct_lf_dagster.core.corex import LinearCorex
-    from instruct_lf_dagster.core.factors import Factors
     from instruct_lf_dagster.core.linker import CONFIG_FILE, Linker
     from instruct_lf_dagster.core.pipeline import InstructLF
 
@@ -288,8 +286,8 @@ def evaluate_seed(
             for m in sizes:
                 for l1 in l1s:
                     if (m, l1) not in candidates:
-                        corex = LinearCorex(m, l1, seed=seed, max_iter=model.max_iter)
-                        candidates[m, l1] = Factors(corex.fit(corpus), model.vocabulary_.properties)
+                        refit = replace(model, n_factors=m, l1=l1)
+                        candidates[m, l1] = refit.fit_factors(corpus, model.vocabulary_.properties)
             # Settings are chosen on the held-out training rows only (ties: the first listed, the paper's).
             held_out = {
                 key: choose_neighbours(f.scores(rows[: len(train)]), data)[1] for key, f in candidates.items()

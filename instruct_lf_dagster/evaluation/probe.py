@@ -28,7 +28,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -164,18 +164,13 @@ def refit_factors(
 
     Fine-tuning the linker is the costly step on a CPU, so one linker serves every seed of a run.
     """
-    from instruct_lf_dagster.core.corex import LinearCorex
-    from instruct_lf_dagster.core.factors import Factors
-
-    corex = LinearCorex(
-        n_factors or model.factors_.n_factors,
+    refit = replace(
+        model,
+        n_factors=n_factors or model.factors_.n_factors,
         l1=model.l1 if l1 is None else l1,
         seed=seed,
-        device=model.device,
-        max_iter=model.max_iter,
-        threads=model.threads,
     )
-    return Factors(corex.fit(model.compatibility(corpus)), model.vocabulary_.properties)
+    return refit.fit_factors(model.compatibility(corpus), model.vocabulary_.properties)
 
 
 Setting = tuple[int, float]  # (factors, L1 penalty)

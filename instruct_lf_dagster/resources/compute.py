@@ -24,6 +24,14 @@ class ComputeResource(dg.ConfigurableResource):
     def thread_count(self) -> int:
         return self.threads or os.cpu_count() or 1
 
+    def settings(self) -> dict:
+        """The method's compute settings (`InstructLF` fields): device, threads, encoder batch size."""
+        return {
+            "device": self.torch_device(),
+            "threads": self.thread_count(),
+            "encode_batch_size": self.encode_batch_size,
+        }
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         import torch
 

@@ -31,12 +31,13 @@ class LLMResource(dg.ConfigurableResource):
     )
     seed: int = Field(default=0, description="sampling seed sent to providers that accept one")
 
-    def get_client(self) -> LLMClient:
-        """A client with these settings and the persistent response cache."""
+    def get_client(self, model: str | None = None, api_key: str | None = None) -> LLMClient:
+        """A client with these settings and the persistent response cache; a discovery may name its own model
+        (and key), keeping the environment's budget, retries and cache."""
         return LLMClient(
-            self.model,
+            model or self.model,
             api_base=self.api_base or None,
-            api_key=self._resolved_api_key(),
+            api_key=api_key or self._resolved_api_key(),
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             timeout=self.timeout,

@@ -1,0 +1,1 @@
+"""Declared discoveries: one folder each, with a `defs.yaml` (`instruct-lf discovery new NAME` writes one)."""
