@@ -9,7 +9,7 @@ import logging
 import sys
 import warnings
 
-import instruct_lf_dagster  # noqa: F401  (sets offline environment defaults before litellm loads)
+from instruct_lf_dagster.core.paths import offline_defaults
 
 # Each benchmark or evaluation module exposes add_arguments(parser) and main(args) -> dict (it prints a table
 # and a final JSON line). They import torch and friends: only the one asked for is loaded.
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `instruct-lf`."""
     # Dagster marks some of the APIs this project uses beta or preview; say so in the docs, not on every run.
     warnings.filterwarnings("ignore", message=".* is currently in (beta|preview)")
+    offline_defaults()  # this process may load litellm and sentence-transformers
     args = build_parser().parse_args(argv)
     result = args.func(args)
     if isinstance(result, dict) and args.command not in ("bench", "eval"):

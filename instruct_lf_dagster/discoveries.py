@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
 
 import yaml
 
-import instruct_lf_dagster.defs
-from instruct_lf_dagster.definitions import declared
-
-FOLDER = Path(instruct_lf_dagster.defs.__file__).parent
+from instruct_lf_dagster.components.discovery import NAME
+from instruct_lf_dagster.definitions import DEFS_MODULE, declared
 
 TEMPLATE = """\
 # A discovery: one goal over the document stream. Edit and check with `dg check defs`; every field is in
@@ -35,13 +34,27 @@ attributes:
 """
 
 
+def folder(defs_module: str = DEFS_MODULE) -> Path:
+    """The folder of the discoveries' YAML files."""
+    return Path(importlib.import_module(defs_module).__file__).parent
+
+
 def new(
-    name: str, goal: str, document_kind: str, truncation: str = "head", refit_cron: str = "0 3 * * 1"
+    name: str,
+    goal: str,
+    document_kind: str,
+    truncation: str = "head",
+    refit_cron: str = "0 3 * * 1",
+    defs_module: str = DEFS_MODULE,
 ) -> str:
-    """Write `defs/<name>/defs.yaml` and load it (a bad value is refused, naming the field); what to do next."""
-    folder = FOLDER / name
-    if folder.exists():
-        raise SystemExit(f"{folder} already exists: edit its defs.yaml, or choose another name")
+    """Write `<defs folder>/<name>/defs.yaml` and load it (a bad value is refused, naming the field); what next."""
+    if not NAME.fullmatch(name):
+        raise SystemExit(
+            f"name {name!r}: use lower-case letters, digits and underscores (it names assets and jobs)"
+        )
+    target = folder(defs_module) / name
+    if target.exists():
+        raise SystemExit(f"{target} already exists: edit its defs.yaml, or choose another name")
     text = TEMPLATE.format(
         name=name,
         goal=json.dumps(goal),  # a JSON string is a YAML string, with any quote or colon escaped
@@ -50,29 +63,29 @@ def new(
         truncation=truncation,
         refit_cron=refit_cron,
     )
-    folder.mkdir(parents=True)
-    (folder / "defs.yaml").write_text(text)
+    target.mkdir(parents=True)
+    (target / "defs.yaml").write_text(text)
     try:
-        declared()
+        declared(defs_module)
     except Exception as error:
-        shutil.rmtree(folder)
+        shutil.rmtree(target)
         cause = error.__cause__ or error
         raise SystemExit(f"not written, the discovery would not load: {cause}") from None
     return (
-        f"wrote {folder / 'defs.yaml'}\n"
+        f"wrote {target / 'defs.yaml'}\n"
         f"Next: add a worked example under `examples:` there (small models need one), then "
         f"`instruct-lf run --discovery {name}`; `dg list defs` shows its assets ({name}/...)."
     )
 
 
-def describe() -> str:
+def describe(defs_module: str = DEFS_MODULE) -> str:
     """A table of the declared discoveries."""
     files = {}
-    for path in sorted(FOLDER.glob("*/defs.yaml")):
+    for path in sorted(folder(defs_module).glob("*/defs.yaml")):
         attributes = (yaml.safe_load(path.read_text()) or {}).get("attributes") or {}
         files.setdefault(attributes.get("name"), path)
     rows = [("name", "goal", "document kind", "model", "refit", "file")]
-    for d in sorted(declared()[0], key=lambda d: d.name):
+    for d in sorted(declared(defs_module)[0], key=lambda d: d.name):
         goal = d.goal if len(d.goal) <= 60 else d.goal[:57] + "..."
         model = d.llm.model or "(environment's)"
         rows.append((d.name, goal, d.document_kind, model, d.refit_cron, str(files.get(d.name, "?"))))

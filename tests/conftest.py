@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import instruct_lf_dagster  # noqa: F401  (offline environment defaults)
+from instruct_lf_dagster.core.paths import offline_defaults
+
+offline_defaults()  # before any test imports litellm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

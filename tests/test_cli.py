@@ -47,3 +47,38 @@ def test_evaluation_progress_is_not_buried_under_litellm_call_logs(tmp_path, mon
     run(argparse.Namespace(name="calls-llm", options=[]))
     assert [r.getMessage() for r in caplog.records if r.name == "evaluation"] == ["proposals: 1/1"]
     assert not [r for r in caplog.records if r.name.startswith("LiteLLM") and r.levelno < logging.WARNING]
+
+
+def test_discovery_new_writes_a_yaml_that_loads_and_list_shows_it(tmp_path, monkeypatch, capsys):
+    from instruct_lf_dagster import discoveries
+    from instruct_lf_dagster.definitions import declared
+
+    package = "cli_defs_" + tmp_path.name.replace("-", "_")
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    goal = 'Why do customers churn: "price" or service?'
+    message = discoveries.new("support", goal, "support ticket", defs_module=package)
+    assert "worked example" in message and "instruct-lf run --discovery support" in message
+    (support,), _ = declared(package)
+    assert (support.name, support.goal, support.document_kind, support.examples) == (
+        "support",
+        goal,
+        "support ticket",
+        [],
+    )
+    assert "support ticket" in discoveries.describe(package)
+    with pytest.raises(SystemExit, match="already exists"):
+        discoveries.new("support", "Another goal?", "ticket", defs_module=package)
+    for bad in ("../escape", "Support Team"):
+        with pytest.raises(SystemExit, match="lower-case letters"):
+            discoveries.new(bad, "A goal?", "ticket", defs_module=package)
+    with pytest.raises(SystemExit, match="refit_cron"):
+        discoveries.new("nightly", "A goal?", "ticket", refit_cron="every night", defs_module=package)
+    assert sorted(p.name for p in (tmp_path / package).iterdir() if p.is_dir()) == ["support"]
+
+
+def test_run_help_names_the_discovery_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "--discovery" in capsys.readouterr().out

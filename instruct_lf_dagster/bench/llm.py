@@ -87,9 +87,9 @@ def messages_for(document: str) -> list[dict]:
 
 def _warm_up(model: str) -> None:
     """Pay the one-time costs (litellm import and first call, model load) before anything is timed."""
+    local_models.register()  # before litellm is imported: it keeps litellm offline
     import litellm
 
-    local_models.register()
     litellm.completion(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
 
 

@@ -33,9 +33,12 @@ def _checked(kind: Any) -> dg.Resolver:
     )
 
 
+NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # a discovery's name: part of asset keys, job and folder names
+
+
 def _name(context: dg.ResolutionContext, raw: str) -> str:
     value = context.resolve_value(raw, as_type=str)
-    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value):
+    if not NAME.fullmatch(value):
         raise ValueError(
             f"name {value!r}: use lower-case letters, digits and underscores (it names assets and jobs)"
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from instruct_lf_dagster.core.paths import offline_defaults
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -32,7 +33,7 @@ def load_encoder(path: str | Path | None = None, device: str = "cpu") -> Sentenc
     Models are cached per (path, device) in this process, so the result is shared: do not train it
     or change its settings in place (`copy.deepcopy` it first; `Linker` does).
     """
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    offline_defaults()
     path = Path(path).expanduser().resolve() if path is not None else default_encoder_path()
     if not path.is_dir():
         raise FileNotFoundError(f"no encoder directory at {path} (encoders are never fetched from a hub)")
@@ -40,7 +41,9 @@ def load_encoder(path: str | Path | None = None, device: str = "cpu") -> Sentenc
     with _LOCK:
         if key not in _CACHE:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
 
+            transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load buries run logs
             for stale in [k for k in _CACHE if k[:2] == key[:2]]:
                 del _CACHE[stale]
             _CACHE[key] = SentenceTransformer(str(path), device=device, local_files_only=True)

@@ -22,6 +22,8 @@ from typing import Any
 
 import duckdb
 
+from instruct_lf_dagster.core.paths import offline_defaults
+
 log = logging.getLogger(__name__)
 
 LOCAL_PREFIX = "llamacpp/"
@@ -221,6 +223,7 @@ class ResponseCache:
 
 def _litellm():
     # Imported on first use: litellm takes seconds to import and most Dagster processes never call an LLM.
+    offline_defaults()
     import litellm
 
     litellm.suppress_debug_info = True

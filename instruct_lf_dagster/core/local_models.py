@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from instruct_lf_dagster.core.paths import data_dir
+from instruct_lf_dagster.core.paths import data_dir, offline_defaults
 
 
 def quiet_openmp() -> None:
@@ -520,6 +520,7 @@ def _provider() -> Any:
 
 def register() -> None:
     """Make `llamacpp/<model or path>` usable in litellm.completion and acompletion (idempotent)."""
+    offline_defaults()
     import litellm
 
     with _LOCK:
