@@ -107,7 +107,10 @@ def inbox_sensor(discoveries: Sequence[Discovery], jobs: Sequence) -> dg.SensorD
         read = context.instance.get_materialized_partitions(DOCUMENTS)
         handed = json.loads(context.cursor) if context.cursor else {}
         for d in discoveries:
-            done = set(handed.get(d.name, []))
+            # Handed over before, or scored already (a run started elsewhere, e.g. `instruct-lf run`).
+            done = set(handed.get(d.name, [])) | context.instance.get_materialized_partitions(
+                d.key("document_factors")
+            )
             ready = [k for k in known if k in read and k not in done]  # registration order
             if not ready:
                 continue

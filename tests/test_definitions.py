@@ -189,3 +189,20 @@ def test_headless_run_config_is_valid_and_quiets_the_console():
     config = console_config()
     assert config["loggers"]["console"]["config"]["log_level"] == "INFO"
     assert dg.validate_run_config(job, config)["loggers"]["console"]["config"]["log_level"] == "INFO"
+
+
+def test_the_sensor_leaves_alone_batches_a_discovery_scored_elsewhere(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "day1.jsonl").write_text('{"text": "x"}')
+    with dg.instance_for_test() as instance:  # a live instance for the definitions' state storage
+        sensor = build_definitions("local", discoveries=[discovery("churn")]).resolve_sensor_def(
+            "inbox_sensor"
+        )
+        # `instruct-lf run` read and scored the batch before the sensor ever ran.
+        instance.add_dynamic_partitions(batches.name, ["day1.jsonl"])
+        for key in ("documents", ["churn", "document_factors"]):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key, partition="day1.jsonl"))
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["churn", "latent_factors"])))
+        context = dg.build_sensor_context(instance=instance, resources={"inbox": LocalInbox(path=str(inbox))})
+        assert isinstance(sensor(context), dg.SkipReason)
