@@ -33,7 +33,8 @@ def local_resources() -> dict:
         "io_manager": StorageIOManager(storage=storage),
         "storage": storage,
         "inbox": LocalInbox(),
-        "llm": LLMResource(),
+        # About 2.5 minutes of the embedded model per batch on 2 cores; the linker scores every document.
+        "llm": LLMResource(max_documents_per_batch=64),
         "compute": ComputeResource(device="cpu"),
     }
 
@@ -51,6 +52,7 @@ def prod_resources() -> dict:
             model=os.environ.get("INSTRUCT_LF_LLM_MODEL", "openai/gpt-4o-mini"),
             api_base=os.environ.get("INSTRUCT_LF_LLM_API_BASE") or None,
             api_key=dg.EnvVar("INSTRUCT_LF_LLM_API_KEY"),
+            max_documents_per_batch=int(os.environ.get("INSTRUCT_LF_MAX_PROPOSALS_PER_BATCH", "500")),
         ),
         "compute": ComputeResource(device="auto"),
     }

@@ -85,6 +85,11 @@ attributes:
         (GOOD + "  truncation: middle\n", "attributes.truncation", "'head' or 'tail'"),
         (GOOD.replace("name: support", "name: Support Team"), "attributes.name", "lower-case letters"),
         (GOOD + "  goal: '  '\n", "attributes.goal", "goal is empty"),
+        (
+            GOOD + "  proposal_budget: {fraction: 1.5}\n",
+            "attributes.proposal_budget",
+            "fraction must be between",
+        ),
     ],
 )
 def test_bad_yaml_is_refused_naming_the_file_and_the_field(tmp_path, monkeypatch, yaml, field, reason):

@@ -203,21 +203,43 @@ def test_two_discoveries_over_one_inbox_in_one_run(tmp_path, keyword_llm, instan
     assert sorted(r.partition_key for r in records) == sorted(keys)
 
 
-def test_the_method_object_and_the_asset_graph_give_the_same_factors(tmp_path, keyword_llm, instance):
-    from instruct_lf_dagster.core.proposals import propose
-
+def test_the_method_object_and_the_asset_graph_agree_under_a_proposal_budget(tmp_path, keyword_llm, instance):
     keys = write_batches(tmp_path / "inbox", count=2)
     instance.add_dynamic_partitions(batches.name, keys)
     resources = local_resources(tmp_path)
-    d = discovery()
+    d = discovery(proposal_budget={"fraction": 0.6})
     assert run(resources, instance, keys, discoveries=[d]).success
-    graph_factors = resources["storage"].load_artefact("reviews__latent_factors")
-
     docs = table(resources, "documents", keys)
-    proposed = propose(resources["llm"].get_client(), d.to_goal(), docs["text"].tolist())  # cached answers
-    method = d.method(device="cpu", encode_batch_size=16).fit(docs["text"].tolist(), proposed.properties)
+    proposed = table(resources, "reviews__proposals", keys)
+    assert 0 < len(proposed) < len(docs) and keyword_llm.calls == len(proposed)
+    assert set(proposed["document_id"]) == {
+        i
+        for i, p in zip(docs["document_id"], d.budget().pick("reviews", docs["document_id"]), strict=True)
+        if p
+    }
+    scores = table(resources, "reviews__document_factors", keys)
+    assert sorted(scores["document_id"]) == sorted(docs["document_id"])  # unproposed documents are scored too
+
+    # The method object, given the same proposals (None: not proposed), fits the same factors and scores.
+    aligned = docs.merge(proposed, on=["batch", "document_id"], how="left")["properties"]
+    proposals = [list(p) if isinstance(p, list | np.ndarray) else None for p in aligned]
+    method = d.method(device="cpu", encode_batch_size=16).fit(docs["text"].tolist(), proposals)
+    graph_factors = resources["storage"].load_artefact("reviews__latent_factors")
     assert method.factors_.properties == graph_factors.properties
     np.testing.assert_array_equal(method.factors_.model.w_, graph_factors.model.w_)
+    unproposed = ~docs["document_id"].isin(proposed["document_id"])
+    by_id = dict(zip(scores["document_id"], scores["scores"], strict=True))
+    np.testing.assert_allclose(
+        np.stack([by_id[i] for i in docs.loc[unproposed, "document_id"]]),
+        method.transform(docs.loc[unproposed, "text"].tolist()),
+        atol=1e-5,
+    )
+
+    # A backfill of one batch asks about the same documents again: no new call.
+    calls = keyword_llm.calls
+    assert run(resources, instance, [keys[0]], discoveries=[d], selection=[d.key("proposals")]).success
+    assert keyword_llm.calls == calls
+    assert set(table(resources, "reviews__proposals", keys)["document_id"]) == set(proposed["document_id"])
 
 
 def test_a_goal_edit_marks_only_that_discovery_unsynced(tmp_path, keyword_llm, instance):

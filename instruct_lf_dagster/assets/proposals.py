@@ -36,12 +36,19 @@ def build(d: "Discovery") -> list:
     def proposals(
         context: dg.AssetExecutionContext, documents: pd.DataFrame, llm: LLMResource
     ) -> pd.DataFrame:
-        """Goal-related properties for each document (cached: a re-run costs no new calls).
+        """Goal-related properties for the documents the proposal budget picks (cached: a re-run costs no calls).
 
         A document whose call failed gets an `error` and no properties; the next materialisation asks again.
+        Documents left out by the budget get no row here; the linker scores them like the rest.
         """
         total = len(documents)
-        step = max(1, total // 10)
+        budget = d.budget(llm.max_documents_per_batch)
+        # The budget applies per batch: a run over several batches picks in each.
+        picked = documents.groupby("batch", sort=False)["document_id"].transform(
+            lambda ids: budget.pick(d.name, ids.tolist())
+        )
+        documents = documents[picked.astype(bool).to_numpy()].reset_index(drop=True)
+        step = max(1, len(documents) // 10)
 
         def progress(done: int, total: int) -> None:
             if done % step == 0 or done == total:
@@ -75,6 +82,9 @@ def build(d: "Discovery") -> list:
             {
                 **metadata,
                 "documents": total,
+                "proposed": len(documents),
+                "proposed_share": len(documents) / total if total else 0.0,
+                "budget": budget.describe(),
                 "failed": result.failed,
                 "no_properties": int(((per_doc == 0) & out["error"].isna()).sum()),
                 "properties_per_document": float(per_doc.mean()) if total else 0.0,

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 
 import dagster as dg
 from dagster._utils.schedules import is_valid_cron_string  # no public equivalent in Dagster 1.13
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, model_validator
 
 from instruct_lf_dagster.core.pipeline import InstructLF
-from instruct_lf_dagster.core.proposals import Example, Goal
+from instruct_lf_dagster.core.proposals import Budget, Example, Goal
 
 DEFAULTS = InstructLF()  # the method's settings live there; the YAML's defaults are read from it
 
@@ -73,6 +73,18 @@ class LLMSettings(dg.Model):
     api_key_env: str | None = None  # the name of the environment variable that holds the key, never the key
 
 
+class ProposalBudget(dg.Model):
+    """Which documents of a batch the LLM is asked about (picked by a hash of the name and the document id)."""
+
+    max_documents: int | None = None  # per batch; empty: the environment's (the llm resource's)
+    fraction: float = 1.0
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ProposalBudget:
+        Budget(self.max_documents, self.fraction)  # raises, naming the setting out of range
+        return self
+
+
 class VocabularySettings(dg.Model):
     merge_threshold: float = DEFAULTS.merge_threshold
     min_count: int = DEFAULTS.min_count
@@ -104,6 +116,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
     truncation: Annotated[Literal["head", "tail"], _checked(Literal["head", "tail"])] = DEFAULTS.truncation
     max_document_chars: Annotated[int, _checked(int)] = 1500
     llm: Annotated[LLMSettings, _checked(LLMSettings)] = LLMSettings()
+    proposal_budget: Annotated[ProposalBudget, _checked(ProposalBudget)] = ProposalBudget()
     vocabulary: Annotated[VocabularySettings, _checked(VocabularySettings)] = VocabularySettings()
     linker: Annotated[LinkerSettings, _checked(LinkerSettings)] = LinkerSettings()
     factors: Annotated[FactorSettings, _checked(FactorSettings)] = FactorSettings()
@@ -118,6 +131,13 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
             examples=tuple(Example(e.document, tuple(e.properties)) for e in self.examples),
             max_document_chars=self.max_document_chars,
             truncation=self.truncation,
+        )
+
+    def budget(self, max_documents: int | None = None) -> Budget:
+        """The proposal budget; `max_documents`: the environment's limit, used when the YAML sets none."""
+        limit = self.proposal_budget.max_documents
+        return Budget(
+            max_documents=max_documents if limit is None else limit, fraction=self.proposal_budget.fraction
         )
 
     def method(self, **compute: Any) -> InstructLF:
@@ -148,6 +168,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
         """
         stages = {
             "proposals": [
+                self.proposal_budget,
                 self.goal,
                 self.document_kind,
                 self.examples,

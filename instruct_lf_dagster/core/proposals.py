@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -65,6 +66,45 @@ class Goal:
         if self.truncation == "tail":
             return document[-self.max_document_chars :]
         return document[: self.max_document_chars]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Which documents the LLM is asked about: the others get compatibility rows and factor scores all the same.
+
+    A document is picked when a hash of (`key`, its id) falls under `fraction`, and among those only the
+    `max_documents` with the smallest hashes are kept. The pick depends on nothing else, so re-runs, backfills
+    and the response cache agree, and a larger budget adds documents without dropping any.
+    """
+
+    max_documents: int | None = None  # per batch; None: no limit
+    fraction: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"fraction must be between 0 and 1, not {self.fraction}")
+        if self.max_documents is not None and self.max_documents < 0:
+            raise ValueError(f"max_documents must be at least 0, not {self.max_documents}")
+
+    def describe(self) -> str:
+        parts = [f"a fraction {self.fraction:g}"] * (self.fraction < 1)
+        parts += [f"at most {self.max_documents} per batch"] * (self.max_documents is not None)
+        return ", ".join(parts) or "every document"
+
+    def pick(self, key: str, document_ids: Sequence[str]) -> list[bool]:
+        """For each document id, whether it is proposed for (`key`: e.g. the discovery's name)."""
+        draws = [_uniform(f"{key}\0{i}") for i in document_ids]
+        picked = [u < self.fraction for u in draws]
+        if self.max_documents is not None and sum(picked) > self.max_documents:
+            order = sorted((u, j) for j, u in enumerate(draws) if picked[j])
+            keep = {j for _, j in order[: self.max_documents]}
+            picked = [j in keep for j in range(len(draws))]
+        return picked
+
+
+def _uniform(text: str) -> float:
+    """A number in [0, 1) fixed by `text` (the first 8 bytes of its SHA-256)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
 def build_messages(goal: Goal, document: str) -> list[dict]:

@@ -24,6 +24,11 @@ class LLMResource(dg.ConfigurableResource):
     timeout: float = Field(default=120.0, description="seconds before one HTTP call gives up")
     retries: int = Field(default=3, description="extra attempts on 429, 5xx, timeouts and lost connections")
     max_concurrency: int = Field(default=4, description="calls in flight at once (1 for embedded models)")
+    max_documents_per_batch: int | None = Field(
+        default=None,
+        description="documents of a batch the LLM is asked about, for discoveries that set no proposal budget; "
+        "empty: every document (the linker scores the rest all the same)",
+    )
     budget_usd: float | None = Field(default=None, description="stop before spending more dollars than this")
     budget_tokens: int | None = Field(default=None, description="stop before using more tokens than this")
     cache_path: str | None = Field(
