@@ -10,7 +10,14 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from instruct_lf_dagster.bench.corex import planted, reference_weights
-from instruct_lf_dagster.core.corex import LinearCorex, _Data, _objective, fit_hierarchy, objective
+from instruct_lf_dagster.core.corex import (
+    CorexStatistics,
+    LinearCorex,
+    _Data,
+    _objective,
+    fit_hierarchy,
+    objective,
+)
 
 N, P, M = 300, 60, 4
 FAST = {"threads": 1}  # one thread: robust on a busy machine, and fast enough at this size
@@ -240,3 +247,136 @@ def test_quasi_newton_path_survives_degenerate_data(x):
     model = LinearCorex(M, 0.0, seed=0, optimizer="lbfgs", max_iter=100, **FAST).fit(x)
     assert np.isfinite(model.w_).all() and np.isfinite(model.mis).all() and np.isfinite(model.objective_)
     assert model.clusters().shape == (x.shape[1],)
+
+
+# -- statistics accumulated batch by batch ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stream():
+    """600 x 40 planted rows, offset from 0 (sums of squares then cancel), and the same rows in 3 batches."""
+    x = planted(600, 40, M, seed=2)[0] + np.float32(5.0)
+    return x, np.array_split(x, 3)
+
+
+def same_statistics(a: CorexStatistics, b: CorexStatistics, rtol: float) -> None:
+    assert a.n == b.n
+    np.testing.assert_allclose(a.mean, b.mean, rtol=rtol)
+    np.testing.assert_allclose(a.std, b.std, rtol=rtol)
+    np.testing.assert_allclose(a.covariance(), b.covariance(), rtol=rtol, atol=rtol * a.std.max() ** 2)
+    np.testing.assert_allclose(a.correlation(), b.correlation(), rtol=rtol, atol=rtol)
+
+
+def test_streamed_statistics_equal_those_of_the_stacked_matrix(stream):
+    x, batches = stream
+    stats = CorexStatistics.of(batches)
+    x64 = x.astype(np.float64)
+    assert stats.n == 600 and stats.p == 40
+    np.testing.assert_allclose(stats.mean, x64.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.std, x64.std(0), rtol=1e-10)
+    np.testing.assert_allclose(stats.covariance(), np.cov(x64.T, bias=True), rtol=1e-10, atol=1e-12)
+    x_std = standardised(x64)
+    np.testing.assert_allclose(stats.correlation(), x_std.T @ x_std / 600, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(stats.products, stats.products.T)  # one symmetric product
+
+
+def test_a_batch_adds_exactly_its_contribution(stream):
+    _, batches = stream
+    before = CorexStatistics.of(batches[:2])
+    after = before.copy().update(batches[2])
+    rows = batches[2].astype(np.float64) - before.shift  # the shift stays the first batch's
+    assert after.n - before.n == len(batches[2])
+    np.testing.assert_allclose(after.sums - before.sums, rows.sum(0), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(after.products - before.products, rows.T @ rows, rtol=1e-10, atol=1e-10)
+    assert before.copy().update(batches[2][:0]).n == before.n  # an empty batch adds nothing
+
+
+def test_merge_equals_sequential_and_batch_order_does_not_matter(stream):
+    x, batches = stream
+    sequential = CorexStatistics.of(batches)
+    merged = CorexStatistics.of(batches[:1]).merge(CorexStatistics.of(batches[1:]))
+    same_statistics(merged, sequential, 1e-10)
+    same_statistics(CorexStatistics(40).merge(sequential), sequential, 0)  # an empty side adds nothing
+    reordered = CorexStatistics.of(np.array_split(x[np.random.default_rng(0).permutation(600)], 7)[::-1])
+    same_statistics(reordered, sequential, 1e-10)
+    again = CorexStatistics.of(batches)  # same batches in the same order: the very same numbers
+    for name in CorexStatistics._ARRAYS:
+        np.testing.assert_array_equal(getattr(again, name), getattr(sequential, name))
+
+
+def test_statistics_refuse_bad_batches_and_stay_unchanged(stream):
+    _, batches = stream
+    stats = CorexStatistics.of(batches[:1])
+    bad = batches[1].copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        stats.update(bad)
+    with pytest.raises(ValueError, match="40 columns"):
+        stats.update(batches[1][:, :-1])
+    with pytest.raises(ValueError, match="merge"):
+        stats.merge(CorexStatistics(39))
+    with pytest.raises(ValueError, match="no batch"):
+        CorexStatistics.of([])
+    same_statistics(stats, CorexStatistics.of(batches[:1]), 0)
+
+
+def test_statistics_save_load_round_trip(tmp_path, stream):
+    stats = CorexStatistics.of(stream[1])
+    stats.save(tmp_path / "stats.safetensors")
+    loaded = CorexStatistics.load(tmp_path / "stats.safetensors")
+    assert loaded.n == stats.n
+    for name in CorexStatistics._ARRAYS:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(stats, name))
+
+
+# the planted rows: full rank, the covariance path; widened to 140 columns of rank 40 < 140 / 2: the rows path
+@pytest.mark.parametrize("wide", [False, True], ids=["covariance", "low-rank"])
+def test_fit_from_statistics_gives_the_fit_of_the_stacked_matrix(tmp_path, stream, wide):
+    x = stream[0]
+    if wide:
+        x = np.hstack([x, x @ np.random.default_rng(0).standard_normal((40, 100)).astype(np.float32) / 10])
+    stats = CorexStatistics.of(np.array_split(x, 3))
+    direct = LinearCorex(M, 0.0, seed=0, **FAST).fit(x)
+    streamed = LinearCorex(M, 0.0, seed=0, **FAST).fit_statistics(stats)
+    assert streamed.optimizer_ == "lbfgs"
+    np.testing.assert_array_equal(streamed.clusters(), direct.clusters())
+    # fit's own float32 covariance differs by rounding from the exact one: W moves ~1e-5, as it does when
+    # fit only sees the same rows in another order
+    np.testing.assert_allclose(streamed.w_, direct.w_, atol=1e-4)
+    np.testing.assert_allclose(streamed.transform(x[:50]), direct.transform(x[:50]), atol=1e-3)
+    np.testing.assert_allclose(streamed.mean_, direct.mean_, rtol=1e-12)
+    np.testing.assert_allclose(streamed.std_, direct.std_, rtol=1e-10)
+    assert streamed.objective_ == pytest.approx(direct.objective_, rel=1e-5)
+    streamed.save(tmp_path / "corex.safetensors")
+    loaded = LinearCorex.load(tmp_path / "corex.safetensors")
+    np.testing.assert_array_equal(loaded.transform(x[:50]), streamed.transform(x[:50]))
+    stats.save(tmp_path / "stats.safetensors")
+    again = LinearCorex(M, 0.0, seed=0, **FAST).fit_statistics(
+        CorexStatistics.load(tmp_path / "stats.safetensors")
+    )
+    np.testing.assert_array_equal(again.w_, streamed.w_)  # deterministic, and storage loses nothing
+
+
+def test_fit_from_statistics_with_constant_columns_and_a_warm_start(stream):
+    x = stream[0].copy()
+    x[:, 7] = 3.0
+    stats = CorexStatistics.of(np.array_split(x, 3))
+    streamed = LinearCorex(M, 0.0, seed=0, **FAST).fit_statistics(stats)
+    assert stats.std[7] == 0 and streamed.clusters()[7] == -1 and (streamed.mis[:, 7] == 0).all()
+    direct = LinearCorex(M, 0.0, seed=0, **FAST).fit(x)
+    np.testing.assert_array_equal(streamed.clusters(), direct.clusters())
+    warm = LinearCorex(M, 0.0, seed=0, **FAST).fit_statistics(stats, warm_start=streamed)
+    assert len(warm.history_) == 1 and warm.objective_ <= streamed.objective_ + 1e-4 * abs(
+        streamed.objective_
+    )
+
+
+def test_fit_from_statistics_needs_the_quasi_newton_path(stream):
+    stats = CorexStatistics.of(stream[1])
+    for refused in (LinearCorex(M, 0.0, optimizer="adam"), LinearCorex(M, 0.5)):  # Adam; auto with L1: Adam
+        with pytest.raises(ValueError, match="statistics needs the quasi-Newton optimizer"):
+            refused.fit_statistics(stats)
+    lasso = LinearCorex(M, 0.05, seed=0, optimizer="lbfgs", max_iter=60, **FAST).fit_statistics(stats)
+    assert (lasso.w_ == 0).any()  # OWL-QN needs no rows either
+    with pytest.raises(ValueError, match="2 rows"):
+        LinearCorex(M, 0.0).fit_statistics(CorexStatistics.of([stream[0][:1]]))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from instruct_lf_dagster.core import pipeline
-from instruct_lf_dagster.core.corex import LinearCorex
+from instruct_lf_dagster.core.corex import CorexStatistics, LinearCorex
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker, LinkerReport
 from instruct_lf_dagster.core.pipeline import InstructLF, auto_factors
@@ -140,6 +140,42 @@ def test_a_refit_with_other_settings_keeps_the_rest():
         refit.fit_factors(x, PROPERTIES).model,
         LinearCorex(3, l1=0.0, seed=3, max_iter=30, threads=1).fit(x),
     )
+
+
+def test_fit_factors_from_statistics_gives_fit_factors_of_the_stacked_matrix():
+    x = planted(600)
+    stats = CorexStatistics.of(np.array_split(x, 3))  # the compatibility rows as they stream in
+    model = InstructLF(n_factors=3, max_iter=60, seed=7, threads=1)
+    stacked = model.fit_factors(x, PROPERTIES)
+    streamed = model.fit_factors_from_statistics(stats, PROPERTIES)
+    assert streamed.properties == stacked.properties and streamed.model.optimizer_ == "lbfgs"
+    np.testing.assert_array_equal(streamed.assignment, stacked.assignment)
+    np.testing.assert_allclose(streamed.model.w_, stacked.model.w_, atol=1e-4)
+    assert not set(inspect.signature(InstructLF.fit_factors_from_statistics).parameters) & {
+        f.name for f in dataclasses.fields(InstructLF)
+    }
+
+    # the same warm-start rule: a previous fit with the same factor count, aligned by property
+    grown = [*PROPERTIES, "new property"]
+    x2 = np.hstack([planted(600, seed=2), planted(600, seed=3)[:, :1]])
+    warm = model.fit_factors_from_statistics(CorexStatistics.of([x2]), grown, previous=stacked)
+    direct = LinearCorex(3, l1=0.0, seed=7, max_iter=60, threads=1).fit(
+        x2, warm_start=stacked.warm_start(grown)
+    )
+    assert len(warm.model.history_) == 1
+    np.testing.assert_array_equal(warm.assignment, Factors(direct, grown).assignment)
+    # near a warm start the objective is flat: float32 rounding of the covariance (fit's own, even for the same
+    # rows in another order) moves the step where the stop rule ends, and W by up to ~1e-3; not the optimum
+    assert warm.model.objective_ == pytest.approx(direct.objective_, rel=1e-5)
+    np.testing.assert_allclose(warm.model.w_, direct.w_, atol=1e-2)
+
+
+def test_fit_factors_from_statistics_refuses_l1_and_another_width():
+    stats = CorexStatistics.of([planted()])
+    with pytest.raises(ValueError, match="quasi-Newton"):
+        InstructLF(n_factors=2, l1=0.9).fit_factors_from_statistics(stats, PROPERTIES)
+    with pytest.raises(ValueError, match="one per property"):
+        InstructLF(n_factors=2).fit_factors_from_statistics(stats, PROPERTIES[:-1])
 
 
 # -- vocabulary and linker, with a stand-in linker ------------------------------------------------------------

@@ -22,6 +22,9 @@ about 1,000. With an L1 penalty it finds the penalised optimum, exact zeros incl
 that optimum is often W = 0 on a small corpus (too little total correlation to pay for any weight): W = 0 is a
 stationary point for every l1 > 0. The scripts' Adam never gets there, and the paper's results rest on that. So
 `auto` (the default) uses `lbfgs` without L1 and `adam` with it.
+
+`lbfgs` sees the data only through n and the covariance of the standardised columns, so it can also fit from
+`CorexStatistics` accumulated batch by batch (`LinearCorex.fit_statistics`), never holding all the rows.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import math
 import os
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,18 +129,21 @@ def _covariance_if_full(x: torch.Tensor) -> torch.Tensor | None:
     (the variance a column keeps given the earlier ones) above 1e-5 of the column's variance. A wrong "no"
     (nearly collinear columns) only costs a `_compress` that finds full rank.
     """
-    k = math.ceil(x.shape[1] / 2)
-    if x.shape[0] <= k:
+    if x.shape[0] <= math.ceil(x.shape[1] / 2):
         return None
     cov = x.T @ x / x.shape[0]
+    return cov if _full_rank(cov) else None
+
+
+def _full_rank(cov: torch.Tensor) -> bool:
+    """rank >= P / 2 for a P x P covariance, by `_covariance_if_full`'s Cholesky test."""
+    k = math.ceil(cov.shape[0] / 2)
     columns = torch.nonzero(torch.diagonal(cov) > 0).flatten()[:k]
     if len(columns) < k:
-        return None
+        return False
     block = cov[columns][:, columns].double()
     factor, info = torch.linalg.cholesky_ex(block)
-    if info or bool((torch.diagonal(factor).square() <= 1e-5 * torch.diagonal(block)).any()):
-        return None
-    return cov
+    return not (info or bool((torch.diagonal(factor).square() <= 1e-5 * torch.diagonal(block)).any()))
 
 
 def _compress(x: torch.Tensor, max_side: int = 8192) -> torch.Tensor:
@@ -174,6 +180,28 @@ class _Data:
         self.n, self.cov = x.shape[0], _covariance_if_full(x)
         self.rows = x if self.cov is not None else _compress(x)
         self.x_sq = (self.rows * self.rows).sum(0) / self.n
+
+    @classmethod
+    def of_covariance(cls, cov: torch.Tensor, n: int, max_side: int = 8192) -> _Data:
+        """The same from the covariance x'x / n (float64) of n standardised rows, kept as `__init__` keeps it.
+
+        Float32, as `fit` computes: the covariance if rank >= P / 2, else r = rank rows B with B'B = x'x, the
+        root of n C that `_compress` takes on the P side. Holds no data rows: the noise-free objective
+        (`lbfgs`) is served, the noisy passes of `adam` are not.
+        """
+        data = cls.__new__(cls)
+        data.n, low = n, cov.float()
+        if (n > math.ceil(cov.shape[0] / 2) and _full_rank(low)) or cov.shape[0] > max_side:
+            data.cov, data.rows = low, None
+        else:
+            values, vectors = torch.linalg.eigh(cov * n)
+            rank = max(int((values > values[-1] * 1e-10).sum()), 1)  # all-constant data: one zero row
+            data.cov, data.rows = (
+                None,
+                (vectors[:, -rank:].T * values[-rank:].clamp_min(0).sqrt()[:, None]).float(),
+            )
+        data.x_sq = torch.diagonal(low).clone()  # 1, or 0 for a constant column
+        return data
 
     def times_cov(self, v: torch.Tensor) -> torch.Tensor:
         """v (k, P) times the covariance x'x / n: the one costly operation of a fit."""
@@ -453,7 +481,7 @@ class LinearCorex:
             warnings.warn(
                 f"warm start of shape {np.shape(w)} does not fit {shape}: random init "
                 "(align columns by property with Factors.warm_start)",
-                stacklevel=3,
+                stacklevel=4,
             )
         return torch.randn(shape, generator=gen, device=self.device) / math.sqrt(p), False
 
@@ -472,24 +500,50 @@ class LinearCorex:
         self.std_ = x.std(0)
         self.std_[np.ptp(x, axis=0) == 0] = 0.0  # exactly constant, whatever the rounding of std
         with _threads(self.threads), torch.no_grad():
-            gen = torch.Generator(device=self.device).manual_seed(self.seed)
             xs = torch.from_numpy(self.standardise(x)).to(self.device)
-            w, warm = self._init_weights(warm_start, x.shape[1], gen)
-            schedule = ANNEAL if self.anneal and not warm else (0.0,)
             xs[:, torch.from_numpy(self.std_ == 0).to(self.device)] = 0  # exactly, whatever the rounding
-            data = _Data(xs)
-            self.optimizer_ = (
-                ("adam" if self.l1 > 0 else "lbfgs") if self.optimizer == "auto" else self.optimizer
+            return self._fit(_Data(xs), warm_start)
+
+    def fit_statistics(
+        self, stats: CorexStatistics, warm_start: LinearCorex | np.ndarray | None = None
+    ) -> LinearCorex:
+        """Fit from `CorexStatistics` of the rows instead of the rows: `fit`'s result, to float32 rounding.
+
+        The quasi-Newton path sees the data only through the covariance of the standardised data (the columns'
+        correlation) and `transform` only through the columns' mean and std, all of which the statistics give;
+        past that point the fit is `fit`'s own. Adam's noisy passes need the rows: `optimizer='adam'`, or
+        `auto` with l1 > 0, raise ValueError.
+        """
+        if self._chosen_optimizer() != "lbfgs":
+            raise ValueError(
+                "fitting from statistics needs the quasi-Newton optimizer: optimizer='lbfgs', or 'auto' with "
+                f"l1 = 0 (got optimizer={self.optimizer!r}, l1={self.l1}); Adam's noisy passes need the rows"
             )
-            if self.optimizer_ == "adam":
-                self.history_ = self._train_adam(data, w, schedule, gen)
-            else:
-                self.history_ = self._train_lbfgs(data, w, schedule)
-            zx, zz, _ = data.moments(w)
-            self.objective_ = float(_objective(zx, zz, data.x_sq))
-            r = (zx / torch.diagonal(zz).sqrt()[:, None]).clamp(-1 + 1e-7, 1 - 1e-7)
-            self.mis_ = (-0.5 * torch.log1p(-r * r)).cpu().numpy()
-            self.w_ = w.cpu().numpy()
+        if stats.n < 2:
+            raise ValueError("need at least 2 rows")
+        self.mean_, self.std_ = stats.mean, stats.std
+        with _threads(self.threads), torch.no_grad():
+            cov = torch.from_numpy(stats.correlation()).to(self.device)
+            return self._fit(_Data.of_covariance(cov, stats.n), warm_start)
+
+    def _chosen_optimizer(self) -> str:
+        return ("adam" if self.l1 > 0 else "lbfgs") if self.optimizer == "auto" else self.optimizer
+
+    def _fit(self, data: _Data, warm_start: LinearCorex | np.ndarray | None) -> LinearCorex:
+        """The fit proper, on standardised data (within `_threads` and `no_grad`); sets every result."""
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        w, warm = self._init_weights(warm_start, data.x_sq.shape[0], gen)
+        schedule = ANNEAL if self.anneal and not warm else (0.0,)
+        self.optimizer_ = self._chosen_optimizer()
+        if self.optimizer_ == "adam":
+            self.history_ = self._train_adam(data, w, schedule, gen)
+        else:
+            self.history_ = self._train_lbfgs(data, w, schedule)
+        zx, zz, _ = data.moments(w)
+        self.objective_ = float(_objective(zx, zz, data.x_sq))
+        r = (zx / torch.diagonal(zz).sqrt()[:, None]).clamp(-1 + 1e-7, 1 - 1e-7)
+        self.mis_ = (-0.5 * torch.log1p(-r * r)).cpu().numpy()
+        self.w_ = w.cpu().numpy()
         self.n_iter_ = sum(stage["steps"] for stage in self.history_)
         return self
 
@@ -601,6 +655,134 @@ def _check(x: np.ndarray) -> np.ndarray:
     if not np.isfinite(x).all():
         raise ValueError(f"input has {int((~np.isfinite(x)).sum())} NaN or infinite values")
     return x
+
+
+class CorexStatistics:
+    """What `LinearCorex.fit_statistics` needs from rows (n, P), accumulated batch by batch in float64.
+
+    Row count, column sums, the P x P cross-products and column minima and maxima: all add up over batches, so
+    `update` holds one batch at a time and `merge` joins the statistics of separate workers. They give the
+    column mean and std exactly as `fit` computes them (population std, 0 for exactly constant columns, found
+    as `fit` finds them: maximum = minimum) and the covariance of the standardised data.
+
+    Sums are taken about a shift, the first batch's column means: the centred cross-products are then
+    `products - sums sums' / n` with `sums` small, where raw sums would lose about log10(mean^2 / var) digits
+    to cancellation. Batch order changes only the shift, so results agree to float64 rounding.
+    """
+
+    _ARRAYS = ("shift", "sums", "products", "minimum", "maximum")
+
+    def __init__(self, p: int):
+        self.n = 0
+        self.shift, self.sums = np.zeros(p), np.zeros(p)
+        self.products = np.zeros((p, p))
+        self.minimum, self.maximum = np.full(p, np.inf), np.full(p, -np.inf)
+
+    @classmethod
+    def of(cls, batches: Iterable[np.ndarray]) -> CorexStatistics:
+        """Statistics of the rows of every batch (at least one, which sets P)."""
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("no batch: the number of columns is unknown")
+        stats = cls(np.shape(first)[-1]).update(first)
+        for rows in batches:
+            stats.update(rows)
+        return stats
+
+    @property
+    def p(self) -> int:
+        return len(self.sums)
+
+    def update(self, rows: np.ndarray) -> CorexStatistics:
+        """Add the rows (k, P) of one batch; returns self. Checked before anything changes.
+
+        Holds, besides the statistics, a float64 copy of the batch and its P x P product while it runs.
+        """
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.p:
+            raise ValueError(f"expected rows of {self.p} columns, got shape {rows.shape}")
+        if not np.isfinite(rows).all():
+            raise ValueError(f"input has {int((~np.isfinite(rows)).sum())} NaN or infinite values")
+        if not len(rows):
+            return self
+        if not self.n:
+            self.shift = rows.mean(0, dtype=np.float64)
+        centred = np.subtract(rows, self.shift, dtype=np.float64)
+        self.n += len(rows)
+        self.sums += centred.sum(0)
+        self.products += centred.T @ centred  # numpy computes a.T @ a as one symmetric product (syrk)
+        np.minimum(self.minimum, rows.min(0), out=self.minimum)
+        np.maximum(self.maximum, rows.max(0), out=self.maximum)
+        return self
+
+    def merge(self, other: CorexStatistics) -> CorexStatistics:
+        """Statistics of both row sets, as a new object: `other`'s sums moved to this shift, then added."""
+        if other.p != self.p:
+            raise ValueError(f"cannot merge statistics of {other.p} columns into {self.p}")
+        if not self.n or not other.n:
+            return (other if not self.n else self).copy()
+        out, d = self.copy(), other.shift - self.shift  # x - shift = (x - other.shift) + d
+        cross = np.outer(other.sums, d)
+        out.products += other.products + cross + cross.T + other.n * np.outer(d, d)
+        out.sums += other.sums + other.n * d
+        out.n += other.n
+        np.minimum(out.minimum, other.minimum, out=out.minimum)
+        np.maximum(out.maximum, other.maximum, out=out.maximum)
+        return out
+
+    def copy(self) -> CorexStatistics:
+        out = CorexStatistics(0)
+        out.n = self.n
+        for name in self._ARRAYS:
+            setattr(out, name, getattr(self, name).copy())
+        return out
+
+    # -- what CorEx needs ---------------------------------------------------------------------------------------
+    @property
+    def mean(self) -> np.ndarray:
+        """Column means (P,)."""
+        return self.shift + self.sums / self.n
+
+    @property
+    def std(self) -> np.ndarray:
+        """Column standard deviations (P,) as `fit` takes them: population std, 0 for exactly constant columns."""
+        offset = self.sums / self.n
+        std = np.sqrt(np.maximum(np.diagonal(self.products) / self.n - offset * offset, 0.0))
+        std[self.maximum == self.minimum] = 0.0
+        return std
+
+    def covariance(self) -> np.ndarray:
+        """Population covariance of the columns (P, P)."""
+        offset = self.sums / self.n
+        return self.products / self.n - np.outer(offset, offset)
+
+    def correlation(self) -> np.ndarray:
+        """Covariance x'x / n of the standardised rows (P, P): the columns' correlation, constant columns 0."""
+        std = self.std
+        inverse = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+        cov = self.covariance()
+        cov *= inverse[:, None]
+        cov *= inverse
+        return cov
+
+    # -- storage ------------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write to a safetensors file: the float64 arrays, and n in the metadata."""
+        tensors = {name: getattr(self, name) for name in self._ARRAYS}
+        save_file(tensors, str(path), metadata={"corex_statistics": json.dumps({"n": self.n})})
+
+    @classmethod
+    def load(cls, path: str | Path) -> CorexStatistics:
+        """Read statistics written by `save`."""
+        with safe_open(str(path), framework="numpy") as f:
+            n = json.loads(f.metadata()["corex_statistics"])["n"]
+        tensors = load_file(str(path))
+        stats = cls(len(tensors["sums"]))
+        stats.n = int(n)
+        for name in cls._ARRAYS:
+            setattr(stats, name, tensors[name])
+        return stats
 
 
 def fit_hierarchy(x: np.ndarray, layers: Sequence[int], **kw) -> list[LinearCorex]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instruct_lf_dagster.core.compatibility import EmbeddingCache, compatibility
-from instruct_lf_dagster.core.corex import LinearCorex
+from instruct_lf_dagster.core.corex import CorexStatistics, LinearCorex
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker, LinkerReport, Truncation
 from instruct_lf_dagster.core.vocabulary import Vocabulary
@@ -133,6 +133,28 @@ class InstructLF:
             raise ValueError(
                 f"x of shape {np.shape(x)} does not have one column per property ({len(properties)})"
             )
+        corex, warm = self._corex(np.shape(x)[0], properties, previous)
+        return Factors(corex.fit(x, warm_start=warm), properties)
+
+    def fit_factors_from_statistics(
+        self, stats: CorexStatistics, properties: Sequence[str], previous: Factors | None = None
+    ) -> Factors:
+        """`fit_factors` from `CorexStatistics` of the compatibility rows (accumulated batch by batch).
+
+        Same settings and warm-start rule; the result is `fit_factors`' to float32 rounding. Needs the
+        quasi-Newton fit, so l1 = 0: with l1 > 0 (Adam, which needs the rows) it raises ValueError.
+        """
+        if stats.p != len(properties):
+            raise ValueError(
+                f"statistics of {stats.p} columns do not have one per property ({len(properties)})"
+            )
+        corex, warm = self._corex(stats.n, properties, previous)
+        return Factors(corex.fit_statistics(stats, warm_start=warm), properties)
+
+    def _corex(
+        self, n_documents: int, properties: Sequence[str], previous: Factors | None
+    ) -> tuple[LinearCorex, np.ndarray | None]:
+        """The unfitted Linear CorEx for factors (the one place it is built) and its warm start, if any."""
         n_factors = self.n_factors or auto_factors(len(properties))
         warm = (
             previous.warm_start(properties)
@@ -141,7 +163,8 @@ class InstructLF:
         )
         log.info(
             "Linear CorEx: %d x %d -> %d factors%s",
-            *np.shape(x),
+            n_documents,
+            len(properties),
             n_factors,
             " (warm start)" * (warm is not None),
         )
@@ -152,8 +175,8 @@ class InstructLF:
             device=self.device,
             max_iter=self.max_iter,
             threads=self.threads,
-        ).fit(x, warm_start=warm)
-        return Factors(corex, properties)
+        )
+        return corex, warm
 
     # -- the whole method ---------------------------------------------------------------------------------------
     def fit(
