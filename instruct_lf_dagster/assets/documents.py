@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from instruct_lf_dagster.partitions import batches, single_run
+from instruct_lf_dagster.partitions import batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.inbox import Inbox
 
 
@@ -99,6 +99,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, inbox:
     A file that cannot be used fails its batch with a message naming the file; in a run over several batches
     the other batches go on and the bad one is listed in the metadata.
     """
+    refuse_narrowed_backfill(context)
     frames, reports, failed = [], {}, {}
     for batch in context.partition_keys:
         try:

@@ -7,7 +7,7 @@ import pandas as pd
 from pydantic import Field
 
 from instruct_lf_dagster.core.proposals import propose
-from instruct_lf_dagster.partitions import DOCUMENTS, batches, single_run
+from instruct_lf_dagster.partitions import DOCUMENTS, batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.llm import LLMResource
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ def build(d: "Discovery") -> list:
         A document whose call failed gets an `error` and no properties; the next materialisation asks again.
         Documents left out by the budget get no row here; the linker scores them like the rest.
         """
+        refuse_narrowed_backfill(context)
         total = len(documents)
         budget = d.budget(llm.max_documents_per_batch)
         # The budget applies per batch: a run over several batches picks in each.

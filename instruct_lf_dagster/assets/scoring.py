@@ -14,7 +14,7 @@ from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.core.paths import data_dir
 from instruct_lf_dagster.core.vocabulary import Vocabulary
-from instruct_lf_dagster.partitions import DOCUMENTS, batches, single_run
+from instruct_lf_dagster.partitions import DOCUMENTS, batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.compute import ComputeResource
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ def build(d: "Discovery") -> list:
             "linker": dg.AssetIn(d.key("linker")),
             "vocabulary": dg.AssetIn(d.key("vocabulary")),
         },
+        # A batch is scored after it is proposed. The edge also lets a backfill of some batches that selects
+        # proposals and compatibility target both: Dagster goes from proposals to other selected per-batch
+        # assets only along per-batch edges, and the path through vocabulary and linker is discovery-wide.
+        deps=[d.key("proposals")],
         kinds={"duckdb"},
         code_version=versions["compatibility"],
         **common,
@@ -57,6 +61,7 @@ def build(d: "Discovery") -> list:
         compute: ComputeResource,
     ) -> pd.DataFrame:
         """Row i, column j: cosine of document i and property j under the linker (the input of Linear CorEx)."""
+        refuse_narrowed_backfill(context)
         # Property embeddings outlive a run: a new batch under the same linker encodes only its documents.
         cache_path = data_dir() / f"embedding_cache_{d.name}.npz"
         cache = EmbeddingCache.load(cache_path) if cache_path.exists() else EmbeddingCache()
@@ -110,6 +115,7 @@ def build(d: "Discovery") -> list:
         context: dg.AssetExecutionContext, compatibility: pd.DataFrame, latent_factors: Factors
     ) -> pd.DataFrame:
         """Each document's score on every factor, its strongest factor, and the properties that explain it."""
+        refuse_narrowed_backfill(context)
         x = stack_compatibility(compatibility, len(latent_factors.properties))
         scores = latent_factors.scores(x)
         evidence = [entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)]
