@@ -261,7 +261,11 @@ def test_fit_chains_the_stages(fake_linker, monkeypatch):
     model = InstructLF(max_iter=20, encode_batch_size=16).fit(documents, proposals, corpus=corpus)
     assert len(model.vocabulary_) == 12 and model.linker_report_.epochs_run == 20
     assert model.linker_.fitted[0] == documents[1::2]
-    same_model(model.factors_.model, InstructLF(max_iter=20).fit_factors(planted(40), PROPERTIES).model)
+    # With l1 = 0, fit fits from the rows' statistics, as the Dagster assets do.
+    expected = InstructLF(max_iter=20).fit_factors_from_statistics(
+        CorexStatistics.of([planted(40)]), PROPERTIES
+    )
+    same_model(model.factors_.model, expected.model)
     assert model.transform(["a", "b", "c"]).shape == (3, 2)
     assert caches == [model.cache, model.cache]
 
@@ -290,7 +294,8 @@ def test_the_stages_by_hand_give_what_fit_gives():
     linker, report = staged.fit_linker(documents, proposals, vocabulary)
     assert linker.fingerprint == model.linker_.fingerprint and report.pairs == model.linker_report_.pairs
     staged.vocabulary_, staged.linker_ = vocabulary, linker
-    factors = staged.fit_factors(staged.compatibility(corpus), vocabulary.properties)
+    stats = CorexStatistics.of([staged.compatibility(corpus)])
+    factors = staged.fit_factors_from_statistics(stats, vocabulary.properties)
     same_model(factors.model, model.factors_.model)
     np.testing.assert_array_equal(
         model.transform(corpus[-2:]), factors.scores(staged.compatibility(corpus[-2:]))

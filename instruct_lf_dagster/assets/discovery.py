@@ -3,14 +3,16 @@
 from typing import TYPE_CHECKING
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.assets import display
 from instruct_lf_dagster.assets.matrix import stack_compatibility
+from instruct_lf_dagster.core.corex import CorexStatistics
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.core.vocabulary import Vocabulary
-from instruct_lf_dagster.partitions import DOCUMENTS
+from instruct_lf_dagster.partitions import DOCUMENTS, batches
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.storage import Storage
 
@@ -96,35 +98,55 @@ def build(d: "Discovery") -> list:
 
     @dg.asset(
         key=d.key("latent_factors"),
-        ins={
-            "compatibility": dg.AssetIn(d.key("compatibility")),
-            "vocabulary": dg.AssetIn(d.key("vocabulary")),
-        },
+        ins={"vocabulary": dg.AssetIn(d.key("vocabulary"))},
+        deps=[d.key("compatibility")],  # read batch by batch from storage, never stacked whole
         kinds={"pytorch"},
         code_version=versions["latent_factors"],
         **common,
     )
     def latent_factors(
-        context: dg.AssetExecutionContext,
-        compatibility: pd.DataFrame,
-        vocabulary: Vocabulary,
-        compute: ComputeResource,
-        storage: Storage,
+        context: dg.AssetExecutionContext, vocabulary: Vocabulary, compute: ComputeResource, storage: Storage
     ) -> Factors:
-        """Linear CorEx fitted on the compatibility rows of every batch: properties grouped into latent factors."""
-        x = stack_compatibility(compatibility, len(vocabulary))
+        """Linear CorEx fitted on the compatibility rows of every batch: properties grouped into latent factors.
+
+        With l1 = 0 (the default) the fit needs only statistics of the rows, summed one batch at a time; the
+        paper's l1 > 0 is fitted with Adam on the rows themselves, so the whole matrix is then held in memory.
+        """
+        method = d.method(**compute.settings())
+        table = d.key("compatibility").to_python_identifier()
+        keys = context.instance.get_dynamic_partitions(batches.name)
+
+        def rows():
+            for key in keys:
+                part = storage.read_table(table, [key])
+                if len(part):
+                    yield stack_compatibility(part, len(vocabulary))
+
         # A refit after new data starts from the last weights: known properties keep their columns.
         previous = storage.load_artefact(d.key("latent_factors").to_python_identifier())
-        context.log.info(
-            f"{d.name}/latent_factors: Linear CorEx on {x.shape[0]} documents x {x.shape[1]} properties"
-        )
-        method = d.method(**compute.settings())
-        factors = method.fit_factors(x, vocabulary.properties, previous=previous)
+        if method.l1 == 0:
+            stats = CorexStatistics(len(vocabulary))
+            for part in rows():
+                stats.update(part)
+            n = stats.n
+            if n < 2:
+                raise dg.Failure(
+                    f"{n} compatibility rows: materialise {d.name}/compatibility for the batches first"
+                )
+            factors = method.fit_factors_from_statistics(stats, vocabulary.properties, previous=previous)
+        else:
+            context.log.warning(
+                f"{d.name}: l1 = {method.l1} fits on the rows themselves: every batch in memory"
+            )
+            x = np.concatenate(list(rows()) or [np.zeros((0, len(vocabulary)), np.float32)])
+            n = len(x)
+            factors = method.fit_factors(x, vocabulary.properties, previous=previous)
+        context.log.info(f"{d.name}/latent_factors: {factors.n_factors} factors from {n} documents")
         corex = factors.model
         context.add_output_metadata(
             {
-                "documents": x.shape[0],
-                "properties": x.shape[1],
+                "documents": n,
+                "properties": len(vocabulary),
                 "factors": factors.n_factors,
                 "non_empty_factors": len(factors.nonempty()),
                 "objective": float(corex.objective_),

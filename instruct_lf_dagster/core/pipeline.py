@@ -188,7 +188,8 @@ class InstructLF:
     ) -> InstructLF:
         """Discover factors; `proposals[i]` belongs to `documents[i]` (None or empty: nothing proposed).
 
-        Sets `vocabulary_`, `linker_`, `linker_report_` and `factors_` (fitted afresh: no warm start).
+        Sets `vocabulary_`, `linker_`, `linker_report_` and `factors_` (fitted afresh: no warm start; with l1 = 0
+        from the statistics of the compatibility rows, as the Dagster assets do batch by batch).
         `linker`: one already trained on these proposals (e.g. `Linker.load` of `linker_.save`), used as is, so
         that trying other CorEx settings skips the costly fine-tuning; `linker_report_` is then None.
         """
@@ -200,7 +201,14 @@ class InstructLF:
         else:
             self.linker_ = linker
         x = self.compatibility(documents if corpus is None else corpus)
-        self.factors_ = self.fit_factors(x, self.vocabulary_.properties)
+        if (
+            self.l1 == 0
+        ):  # as the platform fits, from the rows' statistics: the same factors for the same rows
+            self.factors_ = self.fit_factors_from_statistics(
+                CorexStatistics.of([x]), self.vocabulary_.properties
+            )
+        else:
+            self.factors_ = self.fit_factors(x, self.vocabulary_.properties)
         return self
 
     def compatibility(self, texts: Sequence[str]) -> np.ndarray:
