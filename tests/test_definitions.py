@@ -37,9 +37,16 @@ def test_definitions_load_the_declared_discoveries(env):
 
 
 def test_the_demo_is_the_only_goal_and_it_lives_in_yaml():
-    (demo,) = declared()[0]
-    assert demo.name == "movie_critics" and demo.goal.startswith("What qualities of a movie")
-    assert demo.examples and demo.document_kind == "movie review snippet"
+    from instruct_lf_dagster import demo
+    from instruct_lf_dagster.evaluation.probe import BUILTINS
+
+    (declared_demo,) = declared()[0]
+    assert declared_demo.name == "movie_critics" and declared_demo.goal.startswith(
+        "What qualities of a movie"
+    )
+    assert declared_demo.examples and declared_demo.document_kind == "movie review snippet"
+    assert demo.goal() == declared_demo.to_goal()  # read from the YAML, without Dagster
+    assert BUILTINS["rotten-tomatoes"]().goal == declared_demo.goal  # the probe measures the demo's factors
 
 
 def test_unknown_environment_is_refused():

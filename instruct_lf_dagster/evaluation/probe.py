@@ -274,13 +274,14 @@ def rotten_tomatoes() -> pd.DataFrame:
 
 def _rotten_tomatoes_builtin() -> Builtin:
     # The demo's goal and example, so the probe measures the factors the demo shows.
-    from instruct_lf_dagster.assets.proposals import DEMO_EXAMPLE, DEMO_GOAL
+    from instruct_lf_dagster import demo
 
+    goal = demo.goal()
     return Builtin(
         labels=("verdict",),
-        goal=DEMO_GOAL,
-        document_kind="movie review snippet",
-        example=Example(DEMO_EXAMPLE[0], tuple(DEMO_EXAMPLE[1])),
+        goal=goal.text,
+        document_kind=goal.document_kind,
+        example=goal.examples[0],
         frame=rotten_tomatoes,
     )
 
