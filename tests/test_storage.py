@@ -80,3 +80,24 @@ def test_hostile_batch_names_are_bound_not_spliced(tmp_path):
     storage.write_table("docs", _rows("ok", 1), ["ok"])
     storage.write_table("docs", _rows(evil, 1), [evil])
     assert sorted(storage.read_table("docs", ["ok", evil])["batch"]) == sorted(["ok", evil])
+
+
+def test_a_batch_compatibility_matrix_reads_back_bit_for_bit_and_alone(storage):
+    import dagster as dg
+    import numpy as np
+
+    from instruct_lf_dagster.assets.matrix import read, to_row
+
+    rng = np.random.default_rng(0)
+    written = {b: rng.standard_normal((n, 7)).astype(np.float32) for b, n in (("b1", 5), ("b2", 3))}
+    written["b1"][0, 0] = np.float32(1e-38)  # subnormal-adjacent values survive too
+    for batch, matrix in written.items():
+        storage.write_table(
+            "compat", to_row(batch, [f"{batch}-{i}" for i in range(len(matrix))], matrix), [batch]
+        )
+    ids, matrix = read(storage, "compat", "b2", 7)
+    assert ids == ["b2-0", "b2-1", "b2-2"]
+    assert matrix.dtype == np.float32 and matrix.tobytes() == written["b2"].tobytes()
+    assert read(storage, "compat", "b9", 7) is None
+    with pytest.raises(dg.Failure, match="older vocabulary"):
+        read(storage, "compat", "b1", 8)

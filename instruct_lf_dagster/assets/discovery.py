@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.assets import display
-from instruct_lf_dagster.assets.matrix import stack_compatibility
+from instruct_lf_dagster.assets.matrix import read
 from instruct_lf_dagster.core.corex import CorexStatistics
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
@@ -118,9 +118,9 @@ def build(d: "Discovery") -> list:
 
         def rows():
             for key in keys:
-                part = storage.read_table(table, [key])
-                if len(part):
-                    yield stack_compatibility(part, len(vocabulary))
+                part = read(storage, table, key, len(vocabulary))
+                if part is not None:
+                    yield part[1]
 
         # A refit after new data starts from the last weights: known properties keep their columns.
         previous = storage.load_artefact(d.key("latent_factors").to_python_identifier())

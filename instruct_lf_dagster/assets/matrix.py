@@ -1,18 +1,36 @@
-"""The compatibility matrix as stored: one row of floats per document, read back into one array."""
+"""The compatibility matrix as stored: one row per batch, its float32 matrix as bytes, read back bit for bit."""
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from instruct_lf_dagster.resources.storage import Storage
 
-def stack_compatibility(compatibility: pd.DataFrame, width: int) -> np.ndarray:
-    """The documents x properties matrix from stored rows; rows of an older vocabulary are an error."""
-    stale = sorted(set(compatibility.loc[compatibility["compatibility"].map(len) != width, "batch"]))
-    if stale:
+
+def to_row(batch: str, document_ids: list[str], matrix: np.ndarray) -> pd.DataFrame:
+    """A batch's documents x properties matrix as one table row (little-endian float32 bytes and its shape)."""
+    matrix = np.ascontiguousarray(matrix, dtype="<f4")
+    return pd.DataFrame(
+        {
+            "batch": [batch],
+            "document_ids": [list(document_ids)],
+            "rows": [matrix.shape[0]],
+            "columns": [matrix.shape[1]],
+            "matrix": [matrix.tobytes()],
+        }
+    )
+
+
+def read(storage: Storage, table: str, batch: str, width: int) -> tuple[list[str], np.ndarray] | None:
+    """The document ids and matrix of one batch (None when it has none); another width is a stale vocabulary."""
+    frame = storage.read_table(table, [batch])
+    if frame.empty:
+        return None
+    row = frame.iloc[0]
+    if row["columns"] != width:
         raise dg.Failure(
-            f"compatibility of batches {stale} was computed with an older vocabulary; "
-            "re-materialise compatibility for every batch (the discovery job does) before fitting factors"
+            f"compatibility of batch {batch!r} has {row['columns']} columns, the vocabulary {width}: it was computed "
+            "with an older vocabulary; re-materialise compatibility for every batch (the discovery job does)"
         )
-    if compatibility.empty:
-        return np.zeros((0, width), dtype=np.float32)
-    return np.stack(compatibility["compatibility"].to_numpy()).astype(np.float32)
+    matrix = np.frombuffer(row["matrix"], dtype="<f4").reshape(int(row["rows"]), int(row["columns"]))
+    return list(row["document_ids"]), matrix

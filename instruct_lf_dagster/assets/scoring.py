@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.assets import display
-from instruct_lf_dagster.assets.matrix import stack_compatibility
+from instruct_lf_dagster.assets.matrix import read
+from instruct_lf_dagster.assets.matrix import to_row as matrix_row
 from instruct_lf_dagster.core.compatibility import EmbeddingCache
 from instruct_lf_dagster.core.compatibility import compatibility as compatibility_matrix
 from instruct_lf_dagster.core.factors import Factors
@@ -16,6 +17,7 @@ from instruct_lf_dagster.core.paths import data_dir
 from instruct_lf_dagster.core.vocabulary import Vocabulary
 from instruct_lf_dagster.partitions import DOCUMENTS, batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.compute import ComputeResource
+from instruct_lf_dagster.resources.storage import Storage
 
 if TYPE_CHECKING:
     from instruct_lf_dagster.components.discovery import Discovery
@@ -40,89 +42,104 @@ def build(d: "Discovery") -> list:
 
     @dg.asset(
         key=d.key("compatibility"),
-        ins={
-            "documents": dg.AssetIn(DOCUMENTS),
-            "linker": dg.AssetIn(d.key("linker")),
-            "vocabulary": dg.AssetIn(d.key("vocabulary")),
-        },
-        # A batch is scored after it is proposed. The edge also lets a backfill of some batches that selects
-        # proposals and compatibility target both: Dagster goes from proposals to other selected per-batch
-        # assets only along per-batch edges, and the path through vocabulary and linker is discovery-wide.
-        deps=[d.key("proposals")],
+        ins={"linker": dg.AssetIn(d.key("linker")), "vocabulary": dg.AssetIn(d.key("vocabulary"))},
+        # Documents are read batch by batch from storage. A batch is scored after it is proposed: the per-batch
+        # edge from proposals also lets a backfill of some batches that selects proposals and compatibility
+        # target both (Dagster goes from proposals to other selected per-batch assets only along per-batch
+        # edges, and the path through vocabulary and linker is discovery-wide).
+        deps=[DOCUMENTS, d.key("proposals")],
+        check_specs=[
+            dg.AssetCheckSpec("compatibility_is_finite", asset=d.key("compatibility"), blocking=True)
+        ],
         kinds={"duckdb"},
         code_version=versions["compatibility"],
         **common,
     )
     def compatibility(
         context: dg.AssetExecutionContext,
-        documents: pd.DataFrame,
         linker: Linker,
         vocabulary: Vocabulary,
         compute: ComputeResource,
-    ) -> pd.DataFrame:
-        """Row i, column j: cosine of document i and property j under the linker (the input of Linear CorEx)."""
+        storage: Storage,
+    ) -> dg.MaterializeResult:
+        """Row i, column j: cosine of document i and property j under the linker (the input of Linear CorEx).
+
+        Computed and stored one batch at a time, as one float32 matrix per batch.
+        """
         refuse_narrowed_backfill(context)
         # Property embeddings outlive a run: a new batch under the same linker encodes only its documents.
         cache_path = data_dir() / f"embedding_cache_{d.name}.npz"
         cache = EmbeddingCache.load(cache_path) if cache_path.exists() else EmbeddingCache()
-        matrix = compatibility_matrix(
-            linker,
-            documents["text"].tolist(),
-            vocabulary.properties,
-            batch_size=compute.encode_batch_size,
-            cache=cache,
-        )
+        table = d.key("compatibility").to_python_identifier()
+        documents, non_finite, low, high, total = 0, 0, np.inf, -np.inf, 0.0
+        for batch in context.partition_keys:
+            rows = storage.read_table(DOCUMENTS.to_python_identifier(), [batch])
+            if rows.empty:
+                context.log.warning(
+                    f"{d.name}/compatibility: batch {batch} has no documents (unreadable file?)"
+                )
+                continue
+            matrix = compatibility_matrix(
+                linker,
+                rows["text"].tolist(),
+                vocabulary.properties,
+                batch_size=compute.encode_batch_size,
+                cache=cache,
+            )
+            storage.write_table(table, matrix_row(batch, rows["document_id"].tolist(), matrix), [batch])
+            finite = np.isfinite(matrix)
+            documents, non_finite = documents + len(matrix), non_finite + int((~finite).sum())
+            if finite.any():
+                low, high = min(low, float(matrix[finite].min())), max(high, float(matrix[finite].max()))
+                total += float(matrix[finite].sum())
         cache.prune([linker.fingerprint])  # embeddings of a retrained linker are never asked for again
         cache.save(cache_path)
-        context.add_output_metadata(
-            {
-                "documents": matrix.shape[0],
-                "properties": matrix.shape[1],
-                "mean": float(matrix.mean()) if matrix.size else 0.0,
-                "min": float(matrix.min()) if matrix.size else 0.0,
-                "max": float(matrix.max()) if matrix.size else 0.0,
-            }
+        cells = documents * len(vocabulary)
+        return dg.MaterializeResult(
+            metadata={
+                "documents": documents,
+                "properties": len(vocabulary),
+                "mean": total / cells if cells else 0.0,
+                "min": low if cells else 0.0,
+                "max": high if cells else 0.0,
+                "stored_in": storage.describe(),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="compatibility_is_finite",
+                    passed=non_finite == 0,
+                    metadata={"non_finite_values": non_finite},
+                )
+            ],
         )
-        return pd.DataFrame(
-            {
-                "batch": documents["batch"].to_numpy(),
-                "document_id": documents["document_id"].to_numpy(),
-                "compatibility": list(matrix),
-            }
-        )
-
-    @dg.asset_check(
-        asset=compatibility,
-        name="compatibility_is_finite",
-        blocking=True,
-        description="No NaN or infinite value in the matrix.",
-    )
-    def compatibility_is_finite(compatibility: pd.DataFrame) -> dg.AssetCheckResult:
-        bad = int(sum((~np.isfinite(np.asarray(row))).sum() for row in compatibility["compatibility"]))
-        return dg.AssetCheckResult(passed=bad == 0, metadata={"non_finite_values": bad})
 
     @dg.asset(
         key=d.key("document_factors"),
-        ins={
-            "compatibility": dg.AssetIn(d.key("compatibility")),
-            "latent_factors": dg.AssetIn(d.key("latent_factors")),
-        },
+        ins={"latent_factors": dg.AssetIn(d.key("latent_factors"))},
+        deps=[d.key("compatibility")],
         kinds={"duckdb"},
         code_version=versions["document_factors"],
         **common,
     )
     def document_factors(
-        context: dg.AssetExecutionContext, compatibility: pd.DataFrame, latent_factors: Factors
+        context: dg.AssetExecutionContext, latent_factors: Factors, storage: Storage
     ) -> pd.DataFrame:
         """Each document's score on every factor, its strongest factor, and the properties that explain it."""
         refuse_narrowed_backfill(context)
-        x = stack_compatibility(compatibility, len(latent_factors.properties))
+        table = d.key("compatibility").to_python_identifier()
+        parts = [read(storage, table, b, len(latent_factors.properties)) for b in context.partition_keys]
+        parts = [(b, part) for b, part in zip(context.partition_keys, parts, strict=True) if part is not None]
+        x = (
+            np.concatenate([m for _, (_, m) in parts])
+            if parts
+            else np.zeros((0, len(latent_factors.properties)))
+        )
         scores = latent_factors.scores(x)
         evidence = [entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)]
         out = pd.DataFrame(
             {
-                "batch": compatibility["batch"].to_numpy(),
-                "document_id": compatibility["document_id"].to_numpy(),
+                "batch": [b for b, (ids, _) in parts for _ in ids],
+                "document_id": [i for _, (ids, _) in parts for i in ids],
                 "scores": list(scores.astype(np.float32)),
                 "top_factor": [e["factor"] if e else -1 for e in evidence],
                 "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
@@ -158,4 +175,4 @@ def build(d: "Discovery") -> list:
             metadata={"coverage": share, "strong_score": STRONG},
         )
 
-    return [compatibility, compatibility_is_finite, document_factors, factor_coverage]
+    return [compatibility, document_factors, factor_coverage]

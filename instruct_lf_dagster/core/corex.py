@@ -194,7 +194,9 @@ class _Data:
         if (n > math.ceil(cov.shape[0] / 2) and _full_rank(low)) or cov.shape[0] > max_side:
             data.cov, data.rows = low, None
         else:
-            values, vectors = torch.linalg.eigh(cov * n)
+            # From the float32 covariance: statistics summed over other batch splits differ only past float32's
+            # precision, so every split gives the same root, and the same fit.
+            values, vectors = torch.linalg.eigh(low.double() * n)
             rank = max(int((values > values[-1] * 1e-10).sum()), 1)  # all-constant data: one zero row
             data.cov, data.rows = (
                 None,

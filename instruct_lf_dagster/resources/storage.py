@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
@@ -201,7 +202,13 @@ class S3Storage(Storage):
     def read_table(self, name: str, batches: Sequence[str] | None = None) -> pd.DataFrame:
         if batches is None:
             return self._get_parquet(self._key("tables", f"{name}.parquet"))
-        frames = [self._get_parquet(self._key("tables", name, f"{b}.parquet")) for b in batches]
+        frames = []
+        for batch in batches:  # a batch never written has no rows, as in DuckDB
+            try:
+                frames.append(self._get_parquet(self._key("tables", name, f"{batch}.parquet")))
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "NoSuchKey":
+                    raise
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def save_artefact(self, name: str, obj: object) -> None:
