@@ -301,3 +301,23 @@ def test_the_stages_by_hand_give_what_fit_gives():
         model.transform(corpus[-2:]), factors.scores(staged.compatibility(corpus[-2:]))
     )
     assert isinstance(factors, Factors)
+
+
+def test_the_linker_trains_on_a_bounded_seeded_sample_of_pairs(fake_linker):
+    documents = [f"document {i}" for i in range(30)]
+    proposals = [[f"Trait {j}" for j in range(i % 4 + 1)] for i in range(30)]  # 73 pairs
+    vocabulary = InstructLF().fit_vocabulary(proposals)
+
+    def trained_pairs(**settings) -> list[tuple[str, str]]:
+        linker, _ = InstructLF(**settings).fit_linker(documents, proposals, vocabulary)
+        docs, props, _ = linker.fitted
+        return [(d, p) for d, ps in zip(docs, props, strict=True) for p in ps]
+
+    everything = trained_pairs()
+    assert len(everything) == 73
+    sample = trained_pairs(linker_max_pairs=20)
+    assert len(sample) == 20 and set(sample) <= set(everything)
+    assert sample == sorted(sample, key=everything.index)  # in the corpus' order
+    assert trained_pairs(linker_max_pairs=20) == sample  # the same draw every time
+    assert trained_pairs(linker_max_pairs=20, seed=1) != sample
+    assert trained_pairs(linker_max_pairs=500) == everything

@@ -97,6 +97,7 @@ class LinkerSettings(dg.Model):
     patience: int = DEFAULTS.linker_patience
     val_fraction: float = DEFAULTS.linker_val_fraction
     train_seq_length: int | None = DEFAULTS.linker_seq_length  # shorter cuts while fine-tuning (CPU time)
+    max_pairs: int | None = DEFAULTS.linker_max_pairs  # a seeded sample of (document, property) pairs
 
 
 class FactorSettings(dg.Model):
@@ -154,6 +155,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
             linker_patience=self.linker.patience,
             linker_val_fraction=self.linker.val_fraction,
             linker_seq_length=self.linker.train_seq_length,
+            linker_max_pairs=self.linker.max_pairs,
             max_iter=self.factors.max_iter,
             warm_start=self.factors.warm_start,
             seed=self.seed,

@@ -59,6 +59,9 @@ class InstructLF:
     linker_val_fraction: float = 0.1
     max_seq_length: int = 256  # tokens per text the linker encodes
     linker_seq_length: int | None = None  # shorter while fine-tuning (CPU time); None: max_seq_length
+    linker_max_pairs: int | None = (
+        None  # fine-tune on a seeded sample of this many (document, property) pairs
+    )
     max_iter: int = 1000  # CorEx step budget per annealing stage
     warm_start: bool = True  # `fit_factors` starts from `previous` when its factor count matches
     seed: int = 0
@@ -105,6 +108,7 @@ class InstructLF:
         pairs = [(d, props) for d, props in pairs if props]
         if not pairs:
             raise ValueError("no document has a property in the vocabulary: nothing to train the linker on")
+        pairs = self._sample(pairs)
         log.info("linker: %d documents with proposals, %d properties", len(pairs), len(vocabulary))
         linker = self._linker()
         report = linker.fit(
@@ -120,6 +124,23 @@ class InstructLF:
             progress=progress or _log_epoch,
         )
         return linker, report
+
+    def _sample(self, pairs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+        """At most `linker_max_pairs` (document, property) pairs, drawn with `seed`, in their original order.
+
+        Bounds fine-tuning time and memory on a large corpus, whatever the number of batches.
+        """
+        flat = [(i, prop) for i, (_, props) in enumerate(pairs) for prop in props]
+        if self.linker_max_pairs is None or len(flat) <= self.linker_max_pairs:
+            return pairs
+        chosen = np.sort(
+            np.random.default_rng(self.seed).choice(len(flat), self.linker_max_pairs, replace=False)
+        )
+        kept: dict[int, list[str]] = {}
+        for k in chosen:
+            i, prop = flat[k]
+            kept.setdefault(i, []).append(prop)
+        return [(pairs[i][0], props) for i, props in kept.items()]
 
     def fit_factors(
         self, x: np.ndarray, properties: Sequence[str], previous: Factors | None = None
