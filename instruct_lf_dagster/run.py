@@ -82,10 +82,15 @@ def factor_table(discovery: str, env: str | None = None) -> pd.DataFrame:
 
 
 def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: int = 5) -> str:
-    """Factors as text: the largest first, each with its most informative properties."""
+    """Factors as text: the largest first, each with its name, one sentence and its most informative properties."""
     sizes = report.groupby("factor").size().sort_values(ascending=False, kind="stable")
     lines = []
     for factor in sizes.index[:top_factors]:
-        members = report[report["factor"] == factor].sort_values("rank")["property"].head(top_properties)
-        lines.append(f"factor {factor:>3} ({sizes[factor]} properties): " + "; ".join(members))
+        rows = report[report["factor"] == factor].sort_values("rank")
+        first = rows.iloc[0]
+        flag = "" if first.get("named_by_llm", True) else " (top property: the LLM gave no name)"
+        lines.append(f"factor {factor:>3}  {first.get('name', '')}{flag}  ({sizes[factor]} properties)")
+        if first.get("description"):
+            lines.append(f"      {first['description']}")
+        lines.append("      " + "; ".join(rows["property"].head(top_properties)))
     return "\n".join(lines)

@@ -98,6 +98,11 @@ class KeywordLLM:
         self.requests: list[list[dict]] = []  # the messages of every call that reached the 'model'
         self.handler = Handler()
 
+    @property
+    def proposal_calls(self) -> int:
+        """Calls that asked for a document's properties (the others named factors)."""
+        return sum(not m[0]["content"].startswith("You name the latent factors") for m in self.requests)
+
     def answer(self, messages):
         import json
 
@@ -105,6 +110,12 @@ class KeywordLLM:
 
         self.calls += 1
         self.requests.append(messages)
+        if messages[0]["content"].startswith("You name the latent factors"):  # naming: after its top property
+            top = messages[-1]["content"].split(": ", 1)[1].split(";")[0].split("\n")[0].strip()
+            answer = {"name": f"All about {top}", "description": f"Documents where {top.lower()} stands out."}
+            return litellm.completion(
+                model="openai/fake", messages=messages, mock_response=json.dumps(answer)
+            )
         text = messages[-1]["content"].lower()
         props = sorted({theme for word, theme in THEMES.items() if word in text}) or ["General audience"]
         return litellm.completion(

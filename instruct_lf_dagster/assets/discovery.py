@@ -1,5 +1,6 @@
 """A discovery's global steps over all batches: vocabulary -> linker -> latent factors -> factor report."""
 
+import heapq
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -8,16 +9,58 @@ import pandas as pd
 
 from instruct_lf_dagster.assets import display
 from instruct_lf_dagster.assets.matrix import read
+from instruct_lf_dagster.assets.proposals import client_for
 from instruct_lf_dagster.core.corex import CorexStatistics
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
+from instruct_lf_dagster.core.naming import FactorName, name_factors
 from instruct_lf_dagster.core.vocabulary import Vocabulary
 from instruct_lf_dagster.partitions import DOCUMENTS, batches
 from instruct_lf_dagster.resources.compute import ComputeResource
+from instruct_lf_dagster.resources.llm import LLMResource
 from instruct_lf_dagster.resources.storage import Storage
 
 if TYPE_CHECKING:
     from instruct_lf_dagster.components.discovery import Discovery
+
+
+def top_documents(
+    storage: Storage, d: "Discovery", keys: list[str], factors: Factors, ranked: list[int], top: int = 3
+) -> dict[int, list[str]]:
+    """factor -> the texts of the `top` documents of `keys` that score highest on it, read batch by batch."""
+    table, best = d.key("compatibility").to_python_identifier(), {k: [] for k in ranked}
+    for key in keys:
+        part = read(storage, table, key, len(factors.properties))
+        if part is None:
+            continue
+        ids, x = part
+        texts = storage.read_table(DOCUMENTS.to_python_identifier(), [key]).set_index("document_id")["text"]
+        strengths = factors.strengths(x)
+        for k in ranked:
+            for i in np.argsort(-strengths[:, k], kind="stable")[:top]:
+                heapq.heappush(best[k], (float(strengths[i, k]), key, ids[i], texts.get(ids[i], "")))
+                if len(best[k]) > top:
+                    heapq.heappop(best[k])
+    return {k: [text for *_, text in sorted(entries, reverse=True)] for k, entries in best.items()}
+
+
+def earlier_names(storage: Storage, d: "Discovery") -> list[tuple[list[str], FactorName]]:
+    """(members, name) of each factor in the stored factor report, if there is one."""
+    table = d.key("factor_report").to_python_identifier()
+    if not storage.has_table(table):
+        return []
+    report = storage.read_table(table)
+    if "name" not in report.columns:
+        return []
+    return [
+        (
+            rows["property"].tolist(),
+            FactorName(
+                k, rows["name"].iloc[0], rows["description"].iloc[0], not rows["named_by_llm"].iloc[0]
+            ),
+        )
+        for k, rows in report.groupby("factor", sort=True)
+    ]
 
 
 def build(d: "Discovery") -> list:
@@ -181,25 +224,58 @@ def build(d: "Discovery") -> list:
     @dg.asset(
         key=d.key("factor_report"),
         ins={"latent_factors": dg.AssetIn(d.key("latent_factors"))},
+        deps=[DOCUMENTS, d.key("compatibility")],  # the documents that score highest, read batch by batch
         kinds={"duckdb"},
         code_version=versions["factor_report"],
         **common,
     )
-    def factor_report(context: dg.AssetExecutionContext, latent_factors: Factors) -> pd.DataFrame:
-        """Each factor's properties, ordered by mutual information: the readable result of discovery."""
-        top = latent_factors.ranked()[:20]
+    def factor_report(
+        context: dg.AssetExecutionContext, latent_factors: Factors, llm: LLMResource, storage: Storage
+    ) -> pd.DataFrame:
+        """Each factor's name, one sentence on it, and its properties by mutual information: what discovery found.
+
+        The discovery's LLM names each factor from its top properties and the 3 documents that score highest on
+        it (cached like proposals); a failed or unusable answer falls back to the top property, flagged.
+        """
+        ranked = latent_factors.ranked()
+        keys = context.instance.get_dynamic_partitions(batches.name)
+        examples = top_documents(storage, d, keys, latent_factors, ranked)
+        members = {k: [p for p, _ in latent_factors.members(k)] for k in ranked}
+        names, usage = name_factors(
+            client_for(d, llm), d.to_goal(), members, examples, previous=earlier_names(storage, d)
+        )
+        named = {n.factor: n for n in names}
+        report = latent_factors.to_frame()
+        report["name"] = report["factor"].map(lambda k: named[k].name).astype("string")
+        report["description"] = report["factor"].map(lambda k: named[k].description).astype("string")
+        report["named_by_llm"] = report["factor"].map(lambda k: not named[k].fallback)
+        top = ranked[:20]
         column = {p: j for j, p in enumerate(latent_factors.properties)}
         columns = list(dict.fromkeys(column[p] for k in top for p, _ in latent_factors.members(k)[:3]))
+        table = pd.DataFrame(
+            [
+                (k, named[k].name, len(members[k]), "; ".join(members[k][:5]), named[k].description)
+                for k in ranked
+            ],
+            columns=["factor", "name", "size", "properties", "description"],
+        )
         context.add_output_metadata(
             {
                 "goal": d.goal,
-                "factors": len(latent_factors.nonempty()),
-                "top_factors": dg.MetadataValue.md(latent_factors.describe(top=10)),
+                "factors": len(ranked),
+                "named_by_llm": sum(not n.fallback for n in names),
+                "fallback_names": ", ".join(str(n.factor) for n in names if n.fallback) or "none",
+                **{f"naming_{key}": value for key, value in usage.as_metadata().items()},
+                "top_factors": dg.MetadataValue.md(table.head(10).to_markdown(index=False)),
                 "heatmap": display.heatmap(
-                    latent_factors.model.mis, top, columns, list(latent_factors.properties)
+                    latent_factors.model.mis,
+                    top,
+                    columns,
+                    list(latent_factors.properties),
+                    [f"{k}: {named[k].name}" for k in top],
                 ),
             }
         )
-        return latent_factors.to_frame()
+        return report
 
     return [vocabulary, linker, latent_factors, every_property_assigned, factor_report]

@@ -28,13 +28,19 @@ def _pyplot():
     return plt
 
 
-def heatmap(mis: np.ndarray, factors: list[int], properties: list[int], names: list[str]) -> dg.MetadataValue:
-    """Mutual information of the top factors (rows) with their top properties (columns)."""
+def heatmap(
+    mis: np.ndarray,
+    factors: list[int],
+    properties: list[int],
+    names: list[str],
+    labels: list[str] | None = None,
+) -> dg.MetadataValue:
+    """Mutual information of the top factors (rows, `labels` or "factor k") with their top properties (columns)."""
     plt = _pyplot()
     sub = mis[np.ix_(factors, properties)]
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(properties)), max(3, 0.35 * len(factors))))
     image = ax.imshow(sub, aspect="auto", cmap="viridis")
-    ax.set_yticks(range(len(factors)), [f"factor {k}" for k in factors], fontsize=7)
+    ax.set_yticks(range(len(factors)), labels or [f"factor {k}" for k in factors], fontsize=7)
     ax.set_xticks(range(len(properties)), [names[j][:30] for j in properties], rotation=90, fontsize=7)
     fig.colorbar(image, ax=ax, label="mutual information")
     return png(fig)

@@ -6,12 +6,19 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from instruct_lf_dagster.core.llm import LLMClient
 from instruct_lf_dagster.core.proposals import propose
 from instruct_lf_dagster.partitions import DOCUMENTS, batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.llm import LLMResource
 
 if TYPE_CHECKING:
     from instruct_lf_dagster.components.discovery import Discovery
+
+
+def client_for(d: "Discovery", llm: LLMResource) -> LLMClient:
+    """The discovery's LLM: its own model and key when its YAML names them, else the environment's."""
+    api_key = dg.EnvVar(d.llm.api_key_env).get_value() if d.llm.api_key_env else None
+    return llm.get_client(model=d.llm.model, api_key=api_key)
 
 
 class FailureRateConfig(dg.Config):
@@ -55,9 +62,7 @@ def build(d: "Discovery") -> list:
             if done % step == 0 or done == total:
                 context.log.info(f"{d.name}/proposals: {done}/{total} documents")
 
-        api_key = dg.EnvVar(d.llm.api_key_env).get_value() if d.llm.api_key_env else None
-        client = llm.get_client(model=d.llm.model, api_key=api_key)
-        result = propose(client, d.to_goal(), documents["text"].tolist(), progress=progress)
+        result = propose(client_for(d, llm), d.to_goal(), documents["text"].tolist(), progress=progress)
         metadata = result.usage.as_metadata()
         if result.usage.budget_exhausted:
             # Everything answered so far is in the response cache: a re-run with a larger budget pays only the rest.

@@ -115,14 +115,20 @@ def build(d: "Discovery") -> list:
 
     @dg.asset(
         key=d.key("document_factors"),
-        ins={"latent_factors": dg.AssetIn(d.key("latent_factors"))},
+        ins={
+            "latent_factors": dg.AssetIn(d.key("latent_factors")),
+            "factor_report": dg.AssetIn(d.key("factor_report")),  # the factors' names
+        },
         deps=[d.key("compatibility")],
         kinds={"duckdb"},
         code_version=versions["document_factors"],
         **common,
     )
     def document_factors(
-        context: dg.AssetExecutionContext, latent_factors: Factors, storage: Storage
+        context: dg.AssetExecutionContext,
+        latent_factors: Factors,
+        factor_report: pd.DataFrame,
+        storage: Storage,
     ) -> pd.DataFrame:
         """Each document's score on every factor, its strongest factor, and the properties that explain it."""
         refuse_narrowed_backfill(context)
@@ -135,6 +141,7 @@ def build(d: "Discovery") -> list:
             else np.zeros((0, len(latent_factors.properties)))
         )
         scores = latent_factors.scores(x)
+        names = dict(zip(factor_report["factor"], factor_report["name"], strict=True))
         evidence = [entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)]
         out = pd.DataFrame(
             {
@@ -142,6 +149,7 @@ def build(d: "Discovery") -> list:
                 "document_id": [i for _, (ids, _) in parts for i in ids],
                 "scores": list(scores.astype(np.float32)),
                 "top_factor": [e["factor"] if e else -1 for e in evidence],
+                "top_factor_name": [names.get(e["factor"], "") if e else "" for e in evidence],
                 "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
             }
         )
@@ -154,9 +162,11 @@ def build(d: "Discovery") -> list:
             {
                 "documents": len(out),
                 "coverage": coverage(scores),
-                "prevalence": display.prevalence(shares, [f"factor {k}" for k in top]),
+                "prevalence": display.prevalence(shares, [f"{k}: {names.get(k, '')}" for k in top]),
                 "preview": dg.MetadataValue.md(
-                    out[["document_id", "top_factor", "evidence"]].head(8).to_markdown(index=False)
+                    out[["document_id", "top_factor", "top_factor_name", "evidence"]]
+                    .head(8)
+                    .to_markdown(index=False)
                 ),
             }
         )

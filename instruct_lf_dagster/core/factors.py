@@ -79,6 +79,10 @@ class Factors:
         """Factor scores (n, m) of documents given their compatibility rows (n, P): the model's transform."""
         return self.model.transform(compatibility)
 
+    def strengths(self, compatibility: np.ndarray) -> np.ndarray:
+        """Factor scores (n, m) oriented so that high means "has this factor's properties"."""
+        return self.scores(compatibility) * self._signs
+
     def evidence(
         self, compatibility_rows: np.ndarray, top_factors: int = 3, top_properties: int = 3
     ) -> list[list[dict]]:

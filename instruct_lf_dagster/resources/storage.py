@@ -76,6 +76,10 @@ class Storage(dg.ConfigurableResource):
     def read_table(self, name: str, batches: Sequence[str] | None = None) -> pd.DataFrame:
         raise NotImplementedError
 
+    def has_table(self, name: str) -> bool:
+        """Whether an unpartitioned table `name` was ever written."""
+        raise NotImplementedError
+
     def save_artefact(self, name: str, obj: object) -> None:
         raise NotImplementedError
 
@@ -154,6 +158,11 @@ class LocalStorage(Storage):
                 )
             return relation.to_arrow_table().to_pandas()
 
+    def has_table(self, name: str) -> bool:
+        with self._connect() as con:
+            query = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+            return con.execute(query, [name]).fetchone()[0] > 0
+
     def save_artefact(self, name: str, obj: object) -> None:
         dump_artefact(obj, self._artefacts() / name)
 
@@ -210,6 +219,9 @@ class S3Storage(Storage):
                 if error.response.get("Error", {}).get("Code") != "NoSuchKey":
                     raise
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def has_table(self, name: str) -> bool:
+        return self._key("tables", f"{name}.parquet") in self._list(self._key("tables", f"{name}.parquet"))
 
     def save_artefact(self, name: str, obj: object) -> None:
         client = self.s3.get_client()

@@ -1,0 +1,103 @@
+"""Readable factors: the discovery's LLM names each factor from its top properties and the documents that
+score highest on it; a failed or unusable answer falls back to the factor's top property, flagged."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from instruct_lf_dagster.core.proposals import Client, Goal, normalise_property
+
+NAME_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+    "required": ["name", "description"],
+}
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "factor", "schema": NAME_SCHEMA}}
+MAX_DESCRIPTION = 300
+KEEP_NAME = (
+    0.7  # a refit's factor keeps an earlier factor's name while their members overlap this much (Jaccard)
+)
+
+
+@dataclass(frozen=True)
+class FactorName:
+    """A factor's name (2 to 6 words) and one sentence on what it captures; `fallback`: the LLM gave none."""
+
+    factor: int
+    name: str
+    description: str
+    fallback: bool = False
+
+
+def naming_messages(goal: Goal, properties: Sequence[str], documents: Sequence[str]) -> list[dict]:
+    """The request naming one factor: the goal, its top properties (highest mutual information first) and the
+    documents that score highest on it."""
+    system = (
+        f"You name the latent factors found in a collection of {goal.document_kind} texts. The goal: "
+        f"{goal.text.strip()} A factor is a group of properties that tend to occur together. Answer in JSON with "
+        'two keys: "name", a name of 2 to 6 words for the factor, and "description", one sentence on what the '
+        "factor captures and why it matters for the goal."
+    )
+    shown = "\n".join(f"- {goal.clip(d)[:400]}" for d in documents)
+    user = f"Properties, most typical first: {'; '.join(properties)}\n\n{goal.document_kind.capitalize()}s that score highest:\n{shown}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def parse_name(text: str | None) -> tuple[str, str] | None:
+    """(name, description) from an answer, or None when it holds no usable name."""
+    if not text:
+        return None
+    match = re.search(r"\{.*\}", text, re.DOTALL)
+    try:
+        answer = json.loads(match.group(0)) if match else None
+    except json.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
+        return None
+    name = normalise_property(answer["name"])
+    if name is None or not 2 <= len(name.split()) <= 6:
+        return None
+    description = answer.get("description")
+    description = " ".join(description.split())[:MAX_DESCRIPTION] if isinstance(description, str) else ""
+    return name, description
+
+
+def name_factors(
+    client: Client,
+    goal: Goal,
+    members: dict[int, Sequence[str]],
+    documents: dict[int, Sequence[str]],
+    top_properties: int = 10,
+    previous: Sequence[tuple[Sequence[str], FactorName]] = (),
+) -> tuple[list[FactorName], object]:
+    """Name every factor of `members` (factor -> its properties, most informative first), shown with
+    `documents[factor]`; one LLM call each (cached calls are free). Returns the names and the LLM usage.
+
+    `previous`: (members, name) of an earlier fit; a factor whose members overlap one of them by `KEEP_NAME`
+    or more keeps that name without a call, so a refit that barely moves its factors does not rename them.
+    """
+    kept = {}
+    for k, props in members.items():
+        overlaps = [(_jaccard(props, old), name) for old, name in previous if name.name]
+        best = max(overlaps, key=lambda pair: pair[0], default=(0.0, None))
+        if best[0] >= KEEP_NAME:
+            kept[k] = FactorName(k, best[1].name, best[1].description, best[1].fallback)
+    factors = sorted(set(members) - set(kept))
+    requests = [naming_messages(goal, members[k][:top_properties], documents.get(k, ())) for k in factors]
+    completions, usage = client.complete(requests, response_format=RESPONSE_FORMAT)
+    names = list(kept.values())
+    for k, completion in zip(factors, completions, strict=True):
+        parsed = parse_name(completion.text) if completion.error is None else None
+        if parsed is None:
+            names.append(FactorName(k, members[k][0], "", fallback=True))
+        else:
+            names.append(FactorName(k, *parsed))
+    return sorted(names, key=lambda n: n.factor), usage
+
+
+def _jaccard(a: Sequence[str], b: Sequence[str]) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 0.0
