@@ -17,6 +17,7 @@ BENCHMARKS = {
     "corex": "instruct_lf_dagster.bench.corex",
     "compatibility": "instruct_lf_dagster.bench.compatibility",
     "llm": "instruct_lf_dagster.bench.llm",
+    "scale": "instruct_lf_dagster.bench.scale",
 }
 EVALUATIONS = {
     "inspired": "instruct_lf_dagster.evaluation.inspired",
