@@ -133,26 +133,36 @@ def build(d: "Discovery") -> list:
         """Each document's score on every factor, its strongest factor, and the properties that explain it."""
         refuse_narrowed_backfill(context)
         table = d.key("compatibility").to_python_identifier()
-        parts = [read(storage, table, b, len(latent_factors.properties)) for b in context.partition_keys]
-        parts = [(b, part) for b, part in zip(context.partition_keys, parts, strict=True) if part is not None]
-        x = (
-            np.concatenate([m for _, (_, m) in parts])
-            if parts
-            else np.zeros((0, len(latent_factors.properties)))
-        )
-        scores = latent_factors.scores(x)
         names = dict(zip(factor_report["factor"], factor_report["name"], strict=True))
-        evidence = [entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)]
-        out = pd.DataFrame(
-            {
-                "batch": [b for b, (ids, _) in parts for _ in ids],
-                "document_id": [i for _, (ids, _) in parts for i in ids],
-                "scores": list(scores.astype(np.float32)),
-                "top_factor": [e["factor"] if e else -1 for e in evidence],
-                "top_factor_name": [names.get(e["factor"], "") if e else "" for e in evidence],
-                "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
-            }
-        )
+        frames, all_scores = [], []
+        for batch in context.partition_keys:  # one batch's matrix in memory at a time
+            part = read(storage, table, batch, len(latent_factors.properties))
+            if part is None:
+                continue
+            ids, x = part
+            scores = latent_factors.scores(x).astype(np.float32)
+            evidence = [
+                entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)
+            ]
+            all_scores.append(scores)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "batch": batch,
+                        "document_id": ids,
+                        "scores": list(scores),
+                        "top_factor": [e["factor"] if e else -1 for e in evidence],
+                        "top_factor_name": [names.get(e["factor"], "") if e else "" for e in evidence],
+                        "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
+                    }
+                )
+            )
+        if not frames:
+            raise dg.Failure(
+                f"no compatibility rows for batches {context.partition_keys}: materialise them first"
+            )
+        out = pd.concat(frames, ignore_index=True)
+        scores = np.concatenate(all_scores)
         top = latent_factors.ranked()[:15]
         shares = {
             batch: np.array([(group["top_factor"] == k).mean() for k in top])
