@@ -22,6 +22,7 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_graphql.test.utils import execute_dagster_graphql
 from test_pipeline import discovery, local_resources, run, write_batches
 
+from instruct_lf_dagster.components.discovery import STAGES
 from instruct_lf_dagster.definitions import build_definitions
 from instruct_lf_dagster.partitions import BACKFILL_TAG, batches
 
@@ -57,16 +58,6 @@ LAUNCH = """mutation($params: LaunchBackfillParams!) {
 STATUS = """query($id: String!) {
   partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } }
 }"""
-
-STAGES = [
-    "proposals",
-    "vocabulary",
-    "linker",
-    "compatibility",
-    "latent_factors",
-    "factor_report",
-    "document_factors",
-]
 
 
 @dg.definitions

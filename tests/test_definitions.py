@@ -11,19 +11,10 @@ import pytest
 
 from instruct_lf_dagster.automation import DISCOVERY_TAG, RANGE_END, RANGE_START
 from instruct_lf_dagster.components import Discovery
+from instruct_lf_dagster.components.discovery import STAGES
 from instruct_lf_dagster.definitions import build_definitions, declared
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.inbox import LocalInbox
-
-STAGES = [
-    "proposals",
-    "vocabulary",
-    "linker",
-    "compatibility",
-    "latent_factors",
-    "factor_report",
-    "document_factors",
-]
 
 
 @pytest.mark.parametrize("env", ["local", "prod"])

@@ -19,6 +19,16 @@ from instruct_lf_dagster.core.pipeline import InstructLF
 from instruct_lf_dagster.core.proposals import Budget, Example, Goal
 
 DEFAULTS = InstructLF()  # the method's settings live there; the YAML's defaults are read from it
+# Each discovery's assets, <name>/<stage>, in the order they run.
+STAGES = (
+    "proposals",
+    "vocabulary",
+    "linker",
+    "compatibility",
+    "latent_factors",
+    "factor_report",
+    "document_factors",
+)
 
 
 def _checked(kind: Any) -> dg.Resolver:
