@@ -21,6 +21,7 @@ BENCHMARKS = {
 }
 EVALUATIONS = {
     "inspired": "instruct_lf_dagster.evaluation.inspired",
+    "inspired-propose": "instruct_lf_dagster.evaluation.inspired_propose",
     "probe": "instruct_lf_dagster.evaluation.probe",
     "next-action": "instruct_lf_dagster.evaluation.next_action",
 }

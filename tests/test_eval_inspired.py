@@ -180,6 +180,22 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
     if "m=2" in row:
         assert sized["hit@20"] == first["hit@20"]
     assert set(first["hit@20"]) == {"popularity", "raw_embedding", "lda", "instruct_lf"}
+    # The budget curve: proposals from two files read in turn; the whole budget reproduces the default run.
+    lines = (tmp_path / "proposals.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "first.jsonl").write_text("".join(lines[:12]))
+    (tmp_path / "rest.jsonl").write_text("".join(lines[12:]))
+    args.proposals = f"{tmp_path / 'first.jsonl'},{tmp_path / 'rest.jsonl'}"
+    args.factors, args.linker, args.linker_documents = "2", None, "12,24"
+    curve = inspired.main(args)
+    assert set(curve["hit@20"]) == {
+        "popularity",
+        "raw_embedding",
+        "lda",
+        "instruct_lf (12 proposed)",
+        "instruct_lf (24 proposed)",
+    }
+    assert curve["hit@20"]["instruct_lf (24 proposed)"] == first["hit@20"]["instruct_lf"]
+    assert curve["instruct_lf_over_best_baseline"] == first["instruct_lf_over_best_baseline"]
     assert all(0.0 <= v <= 1.0 for v in first["hit@20"].values())
 
 
@@ -202,6 +218,8 @@ def test_unusable_proposal_files_name_the_file(tmp_path, content):
         ("--factors", "2.5"),
         ("--max-seq-length", "0"),
         ("--linker-seq-length", "-8"),
+        ("--linker-documents", "0"),
+        ("--linker-documents", "24,12"),
     ],
 )
 def test_bad_setting_lists_are_refused_clearly(option, bad):

@@ -101,3 +101,32 @@ def test_a_batch_compatibility_matrix_reads_back_bit_for_bit_and_alone(storage):
     assert read(storage, "compat", "b9", 7) is None
     with pytest.raises(dg.Failure, match="older vocabulary"):
         read(storage, "compat", "b1", 8)
+
+
+def test_local_batches_are_files_of_their_own_and_a_duckdb_view(tmp_path):
+    import duckdb
+
+    storage = LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "a"))
+    storage.write_table("docs", _rows("a", 2), ["a"])
+    storage.write_table("docs", _rows("b/c", 1), ["b/c"])
+    # Reading one batch opens only its file: a damaged neighbour does not matter.
+    (tmp_path / "t_tables" / "docs" / "a.parquet").write_bytes(b"not parquet")
+    assert storage.read_table("docs", ["b/c"])["document_id"].tolist() == ["b/c-0"]
+    storage.write_table("docs", _rows("a", 3), ["a"])
+    with duckdb.connect(str(tmp_path / "t.duckdb")) as con:
+        assert con.execute("SELECT count(*) FROM docs").fetchone()[0] == 4
+    assert storage.has_table("docs")
+
+
+def test_a_partitioned_table_stored_whole_in_duckdb_moves_to_files(tmp_path):
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "t.duckdb")) as con:
+        old = pd.concat([_rows("a", 2), _rows("b", 1)], ignore_index=True)
+        con.register("old", old)
+        con.execute("CREATE TABLE docs AS SELECT * FROM old")
+    storage = LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "a"))
+    storage.write_table("docs", _rows("b", 2, offset=5), ["b"])
+    both = storage.read_table("docs", ["a", "b"]).sort_values("document_id")
+    assert both["document_id"].tolist() == ["a-0", "a-1", "b-0", "b-1"]
+    np.testing.assert_array_equal(both["compatibility"].iloc[2], np.full(3, 5, dtype=np.float32))

@@ -188,7 +188,8 @@ class Settings:
     factor_alternatives: tuple[int, ...] = ()
     truncation: str = "tail"
     linker_epochs: int = 20
-    linker_documents: int | None = None  # train the linker on the first N proposed dialogues (file order)
+    # vocabulary and linker see the first N proposed dialogues (file order); several Ns: a row pair per N
+    linker_documents: tuple[int | None, ...] = (None,)
     max_seq_length: int = 256
     # fine-tune on shorter cuts (CPU time); encoding keeps max_seq_length
     linker_seq_length: int | None = None
@@ -251,10 +252,12 @@ def evaluate_seed(
     if representations.bertopic_available():
         timed("bertopic", bertopic)
 
-    if {"compatibility", "instruct_lf"} & set(methods):
+    def discover(budget: int | None) -> None:
+        """The `compatibility` and `instruct_lf` rows when vocabulary and linker see the first `budget`
+        proposed dialogues (the recorded file is in sample order, so any prefix is a uniform sample)."""
         started = time.perf_counter()
-        # The recorded file is in sample order, so its first N dialogues are a uniform sample too.
-        documents = list(proposals)[: settings.linker_documents]
+        documents = list(proposals)[:budget]
+        suffix = f" ({len(documents)} proposed)" if len(settings.linker_documents) > 1 else ""
         model = InstructLF(
             n_factors=settings.n_factors,
             l1=settings.l1,
@@ -275,29 +278,35 @@ def evaluate_seed(
         if saved is not None and not reuse:
             model.linker_.save(saved)
         rows = model.compatibility(train + test)
-        seconds["discovery"] = time.perf_counter() - started
+        seconds["discovery" + suffix] = time.perf_counter() - started
         if "compatibility" in methods:
-            record("compatibility", *knn_scores(rows[: len(train)], rows[len(train) :], data))
-        if "instruct_lf" in methods:
-            l1s = dict.fromkeys((settings.l1, *settings.l1_alternatives))
-            sizes = dict.fromkeys((settings.n_factors, *settings.factor_alternatives))
-            candidates = {(settings.n_factors, settings.l1): model.factors_}
-            corpus = model.compatibility(data.contexts()) if len(l1s) * len(sizes) > 1 else None
-            for m in sizes:
-                for l1 in l1s:
-                    if (m, l1) not in candidates:
-                        refit = replace(model, n_factors=m, l1=l1)
-                        candidates[m, l1] = refit.fit_factors(corpus, model.vocabulary_.properties)
-            # Settings are chosen on the held-out training rows only (ties: the first listed, the paper's).
-            held_out = {
-                key: choose_neighbours(f.scores(rows[: len(train)]), data)[1] for key, f in candidates.items()
-            }
-            m, l1 = max(held_out, key=held_out.get)
-            factors = candidates[m, l1].scores(rows)
-            record("instruct_lf", *knn_scores(factors[: len(train)], factors[len(train) :], data))
-            chosen["instruct_lf"] += f" m={m}" * (len(sizes) > 1) + f" l1={l1:g}" * (len(l1s) > 1)
-            if len(candidates) > 1:
-                log.info("inspired seed %d: held-out Hit@20 by (factors, l1): %s", seed, held_out)
+            record("compatibility" + suffix, *knn_scores(rows[: len(train)], rows[len(train) :], data))
+        if "instruct_lf" not in methods:
+            return
+        l1s = dict.fromkeys((settings.l1, *settings.l1_alternatives))
+        sizes = dict.fromkeys((settings.n_factors, *settings.factor_alternatives))
+        candidates = {(settings.n_factors, settings.l1): model.factors_}
+        corpus = model.compatibility(data.contexts()) if len(l1s) * len(sizes) > 1 else None
+        for m in sizes:
+            for l1 in l1s:
+                if (m, l1) not in candidates:
+                    refit = replace(model, n_factors=m, l1=l1)
+                    candidates[m, l1] = refit.fit_factors(corpus, model.vocabulary_.properties)
+        # Settings are chosen on the held-out training rows only (ties: the first listed, the paper's).
+        held_out = {
+            key: choose_neighbours(f.scores(rows[: len(train)]), data)[1] for key, f in candidates.items()
+        }
+        m, l1 = max(held_out, key=held_out.get)
+        factors = candidates[m, l1].scores(rows)
+        method = "instruct_lf" + suffix
+        record(method, *knn_scores(factors[: len(train)], factors[len(train) :], data))
+        chosen[method] += f" m={m}" * (len(sizes) > 1) + f" l1={l1:g}" * (len(l1s) > 1)
+        if len(candidates) > 1:
+            log.info("inspired seed %d: held-out Hit@20 by (factors, l1): %s", seed, held_out)
+
+    if {"compatibility", "instruct_lf"} & set(methods):
+        for budget in settings.linker_documents:
+            discover(budget)
     return scores, chosen, seconds
 
 
@@ -311,7 +320,8 @@ def summary(means: Scores) -> dict:
     key = f"hit@{SELECT_K}"
     baselines = [v for m, v in means.get(key, {}).items() if m in BASELINES]
     best = max(baselines) if baselines else None
-    ours = means.get(key, {}).get("instruct_lf")
+    # With a budget curve, the row of the largest budget stands for the method.
+    ours = next((v for m, v in reversed(means.get(key, {}).items()) if m.startswith("instruct_lf")), None)
     result["best_baseline_hit@20"] = best
     result["instruct_lf_over_best_baseline"] = ours / best if ours is not None and best else None
     return result
@@ -323,7 +333,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--proposals",
-        help=f"proposals file (default: DATA/{PROPOSALS_FILE}); or a table with text and properties columns",
+        help=f"proposals file (default: DATA/{PROPOSALS_FILE}), or a table with text and properties columns; "
+        "several, comma-separated, are read in turn (e.g. the recorded file, then the project's "
+        "evaluation/data/inspired_unsampled_qwen25coder15b.jsonl, which proposes for the rest)",
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument(
@@ -351,8 +363,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--linker-documents",
-        type=int,
-        help="train the linker on the first N proposed dialogues (default: all)",
+        help="vocabulary and linker see the first N proposed dialogues (default: all); several, comma-separated "
+        "and ascending, give the quality-against-budget curve in one run (a row pair per N)",
     )
     parser.add_argument(
         "--max-seq-length",
@@ -386,8 +398,19 @@ def main(args: argparse.Namespace) -> dict:
     ):
         if tokens is not None and tokens < 1:
             raise SystemExit(f"{option} must be a positive number of tokens, not {tokens}")
+    budgets = (
+        tuple(numbers(args.linker_documents, "--linker-documents", int, 1))
+        if args.linker_documents
+        else (None,)
+    )
+    if list(budgets) != sorted(budgets):
+        raise SystemExit("--linker-documents: give the budgets in ascending order")
+    if len(budgets) > 1 and args.linker:
+        raise SystemExit("--linker saves or reuses one linker: it cannot go with several --linker-documents")
     data = Inspired.load(args.data)
-    proposals = load_proposals(args.proposals or Path(args.data) / PROPOSALS_FILE, data)
+    proposals: dict[str, list[str]] = {}
+    for path in (args.proposals or str(Path(args.data) / PROPOSALS_FILE)).split(","):
+        proposals.update({k: v for k, v in load_proposals(path.strip(), data).items() if k not in proposals})
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
@@ -400,7 +423,7 @@ def main(args: argparse.Namespace) -> dict:
         factor_alternatives=tuple(sizes[1:]),
         truncation=args.truncation,
         linker_epochs=args.linker_epochs,
-        linker_documents=args.linker_documents,
+        linker_documents=budgets,
         max_seq_length=args.max_seq_length,
         linker_seq_length=args.linker_seq_length,
         linker_dir=args.linker,

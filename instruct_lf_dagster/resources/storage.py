@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
 import duckdb
@@ -107,7 +108,9 @@ def _present_batches(df: pd.DataFrame, batches: Sequence[str] | None, name: str)
 
 
 class LocalStorage(Storage):
-    """A DuckDB file for tables and a folder for artefacts, both under the data directory by default."""
+    """Files under the data directory: one Parquet file per batch of a partitioned table (reading a batch never
+    reads the others), a DuckDB file holding the unpartitioned tables and a view over each partitioned one (so
+    `duckdb instruct_lf.duckdb` shows every table), and a folder for artefacts."""
 
     database: str = Field(default="", description="DuckDB file; default <data dir>/instruct_lf.duckdb")
     artefacts: str = Field(default="", description="artefact folder; default <data dir>/artefacts")
@@ -117,6 +120,13 @@ class LocalStorage(Storage):
 
     def _artefacts(self) -> Path:
         return Path(self.artefacts) if self.artefacts else data_dir() / "artefacts"
+
+    def _batch_files(self, name: str) -> Path:
+        database = Path(self._database())
+        return database.with_name(f"{database.stem}_tables") / name
+
+    def _batch_file(self, name: str, batch: str) -> Path:
+        return self._batch_files(name) / f"{quote(batch, safe='')}.parquet"
 
     def _connect(self, timeout: float = 120.0) -> duckdb.DuckDBPyConnection:
         # DuckDB allows one writing process; another step holding the file is waited for, briefly.
@@ -130,38 +140,60 @@ class LocalStorage(Storage):
                     raise
                 time.sleep(0.5)
 
+    @staticmethod
+    def _kind(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
+        """'BASE TABLE', 'VIEW' or None."""
+        query = "SELECT table_type FROM information_schema.tables WHERE table_name = ?"
+        found = con.execute(query, [name]).fetchone()
+        return found[0] if found else None
+
     def write_table(self, name: str, df: pd.DataFrame, batches: Sequence[str] | None) -> None:
         batches = _present_batches(df, batches, name)
-        with self._connect() as con:
-            con.register("incoming", _arrow(df))
-            con.begin()
-            exists = con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-            ).fetchone()[0]
-            if batches is None or not exists:
+        if batches is None:
+            with self._connect() as con:
+                con.register("incoming", _arrow(df))
                 con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM incoming')
-            else:
+            return
+        for batch in batches:
+            self._write_file(self._batch_file(name, batch), df[df[BATCH] == batch])
+        with self._connect() as con:
+            if self._kind(con, name) == "BASE TABLE":
+                self._move_to_files(con, name)
+            if self._kind(con, name) is None:
+                files = (self._batch_files(name) / "*.parquet").as_posix().replace("'", "''")
                 con.execute(
-                    f'DELETE FROM "{name}" WHERE {BATCH} IN (SELECT unnest(?::VARCHAR[]))', [list(batches)]
+                    f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{files}', union_by_name = true)"
                 )
-                con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM incoming')
-            con.commit()
+
+    @staticmethod
+    def _write_file(path: Path, df: pd.DataFrame) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(path.name + ".tmp")
+        pq.write_table(_arrow(df), staging)
+        staging.replace(path)  # a reader sees the old batch or the new one, never half of one
+
+    def _move_to_files(self, con: duckdb.DuckDBPyConnection, name: str) -> None:
+        """A partitioned table stored whole in DuckDB (by earlier versions) becomes a file per batch."""
+        for (batch,) in con.execute(f'SELECT DISTINCT {BATCH} FROM "{name}"').fetchall():
+            if not self._batch_file(name, batch).exists():
+                rows = con.sql(f'SELECT * FROM "{name}" WHERE {BATCH} = ?', params=[batch])
+                self._write_file(self._batch_file(name, batch), rows.to_arrow_table().to_pandas())
+        con.execute(f'DROP TABLE "{name}"')
 
     def read_table(self, name: str, batches: Sequence[str] | None = None) -> pd.DataFrame:
-        with self._connect() as con:
-            if batches is None:
-                relation = con.sql(f'SELECT * FROM "{name}"')
-            else:
-                relation = con.sql(
-                    f'SELECT * FROM "{name}" WHERE {BATCH} IN (SELECT unnest(?::VARCHAR[]))',
-                    params=[list(batches)],
-                )
-            return relation.to_arrow_table().to_pandas()
+        if batches is None and not self._batch_files(name).is_dir():
+            with self._connect() as con:
+                return con.sql(f'SELECT * FROM "{name}"').to_arrow_table().to_pandas()
+        if batches is None:
+            paths = sorted(self._batch_files(name).glob("*.parquet"))
+        else:  # a batch never written has no rows
+            paths = [p for p in (self._batch_file(name, b) for b in batches) if p.exists()]
+        frames = [pq.read_table(p).to_pandas() for p in paths]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def has_table(self, name: str) -> bool:
         with self._connect() as con:
-            query = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
-            return con.execute(query, [name]).fetchone()[0] > 0
+            return self._kind(con, name) is not None
 
     def save_artefact(self, name: str, obj: object) -> None:
         dump_artefact(obj, self._artefacts() / name)
