@@ -57,11 +57,21 @@ def discovery_jobs(d: Discovery) -> tuple[UnresolvedAssetJobDefinition, Unresolv
     score = dg.define_asset_job(
         f"{d.name}_batch",
         selection=dg.AssetSelection.assets(
-            *(d.key(s) for s in ("proposals", "compatibility", "document_factors"))
+            *(
+                d.key(s)
+                for s in (
+                    "proposals",
+                    "compatibility",
+                    "document_factors",
+                    "factor_prevalence",
+                    "html_report",
+                )
+            )
         ),
         partitions_def=batches,
         tags={DISCOVERY_TAG: d.name},
-        description=f"{d.name}: proposals, compatibility and factor scores of new batches, with the current factors.",
+        description=f"{d.name}: proposals, compatibility and factor scores of new batches with the current factors; "
+        "then the prevalence over every batch (drift check) and the HTML report.",
     )
     return refit, score
 

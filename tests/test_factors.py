@@ -114,3 +114,27 @@ def test_factors_of_a_fitted_model_recover_planted_groups():
         mis = [mi for _, mi in members]
         assert mis == sorted(mis, reverse=True)
     assert len(factors.to_frame()) == 40
+
+
+def test_a_refit_keeps_the_public_ids_of_the_factors_it_matches(factors, tmp_path):
+    # The same factors in other rows (a fit from another seed): rows 0 and 2 swap, row 1 stays empty.
+    swapped = handmade()
+    swapped.w_, swapped.mis_ = swapped.w_[[2, 1, 0]], swapped.mis_[[2, 1, 0]]
+    refit, found = Factors(swapped, PROPS).aligned_to(factors)
+    assert refit.ids[0] == 2 and refit.ids[2] == 0 and refit.ids[1] == 3  # the empty row: a fresh id
+    assert refit.membership() == factors.membership()
+    assert found.kept_share == 1.0 and found.new == [] and found.vanished == []
+
+    def frame(f):
+        return f.to_frame().sort_values(["factor", "rank"]).reset_index(drop=True)
+
+    assert frame(refit).equals(frame(factors))
+    assert [e["factor"] for e in refit.evidence(np.eye(5)[:1], top_factors=1)[0]] == [0]
+    refit.save(tmp_path / "f")
+    assert Factors.load(tmp_path / "f").ids == refit.ids
+    assert factors.aligned_to(None) == (factors, None)
+
+
+def test_ids_must_be_distinct_and_one_per_row():
+    with pytest.raises(ValueError, match="ids"):
+        Factors(handmade(), PROPS, (0, 0, 1))

@@ -80,18 +80,28 @@ def test_a_failed_or_unusable_answer_falls_back_to_the_top_property_flagged():
     assert (by_factor[7].name, by_factor[7].fallback) == ("App crashes", True)
 
 
-def test_a_refit_keeps_the_name_of_a_factor_whose_members_barely_moved():
+def test_a_factor_that_kept_its_id_keeps_its_name_until_its_members_change_much():
     from instruct_lf_dagster.core.naming import FactorName
 
-    earlier = [
-        (["Double charges", "Refund delays", "Wrong invoice"], FactorName(5, "Billing trouble", "Money.")),
-        (["Slow replies"], FactorName(2, "Slow support", "Waiting.")),
-    ]
-    client = ScriptedClient([json.dumps({"name": "App stability issues", "description": "Crashes."})])
+    earlier = {
+        5: (["Double charges", "Refund delays", "Wrong invoice"], FactorName(5, "Billing trouble", "Money.")),
+        2: (["Slow replies", "No answer"], FactorName(2, "Slow support", "Waiting.")),
+    }
+    client = ScriptedClient(
+        [
+            json.dumps({"name": "Unanswered support tickets", "description": "Silence."}),
+            json.dumps({"name": "App stability issues", "description": "Crashes."}),
+        ]
+    )
     members = {
-        0: ["Double charges", "Refund delays", "Wrong invoice", "Hidden fees"],  # 3 of 4 shared: 0.75
-        1: ["App crashes", "Login errors"],  # new
+        5: ["Double charges", "Refund delays", "Wrong invoice", "Hidden fees"],  # 3 of 4 shared: kept
+        2: ["No answer", "Ticket closed unread", "Bot loops"],  # the same id, members moved (1 of 4): renamed
+        9: ["App crashes", "Login errors"],  # new
     }
     names, _ = name_factors(client, GOAL, members, {}, previous=earlier)
-    assert [(n.factor, n.name) for n in names] == [(0, "Billing trouble"), (1, "App stability issues")]
-    assert len(client.requests) == 1  # only the new factor was asked about
+    assert [(n.factor, n.name) for n in names] == [
+        (2, "Unanswered support tickets"),
+        (5, "Billing trouble"),
+        (9, "App stability issues"),
+    ]
+    assert len(client.requests) == 2  # the kept name cost no call

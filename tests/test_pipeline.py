@@ -115,7 +115,9 @@ def test_whole_graph_then_backfill_is_idempotent(tmp_path, keyword_llm, instance
     calls = keyword_llm.calls
     assert keyword_llm.proposal_calls == 3 * len(REVIEWS)
     report = storage.read_table("reviews__factor_report")
-    assert calls == 3 * len(REVIEWS) + report["factor"].nunique()  # and one call naming each factor
+    # and one call naming each factor, one each theme
+    assert calls == 3 * len(REVIEWS) + report["factor"].nunique() + report["theme"].nunique()
+    assert (report["theme"] >= 0).all() and report["theme_name"].str.len().gt(0).all()
     assert report["named_by_llm"].all() and report["name"].str.startswith("All about ").all()
 
     # Backfill one batch again: same rows, no new LLM call.
@@ -292,3 +294,50 @@ def test_a_goal_edit_marks_only_that_discovery_unsynced(tmp_path, keyword_llm, i
     churn_only = dg.AssetSelection.groups("churn")
     assert run(resources, instance, keys, discoveries=[edited, features], selection=churn_only).success
     assert keyword_llm.proposal_calls == proposed + len(REVIEWS)
+
+
+def test_a_refit_after_a_new_batch_keeps_its_factors_and_follows_them(tmp_path, keyword_llm, instance):
+    keys = write_batches(tmp_path / "inbox", count=5)
+    instance.add_dynamic_partitions(batches.name, keys[:4])
+    resources = local_resources(tmp_path)
+    first = run(resources, instance, keys[:4])
+    assert first.success
+    storage = resources["storage"]
+    before = table(resources, "reviews__factor_report")
+    names = before.drop_duplicates("factor").set_index("factor")["name"]
+
+    instance.add_dynamic_partitions(batches.name, keys[4:])
+    again = run(resources, instance, keys)
+    assert again.success
+    after = table(resources, "reviews__factor_report")
+    # Matched factors keep their id, so their name; the identity check reports how many properties stayed.
+    identity = next(e for e in again.get_asset_check_evaluations() if e.check_name == "factors_kept_identity")
+    kept = identity.metadata["kept_share"].value
+    assert 0.0 <= kept <= 1.0 and identity.passed == (kept >= 0.7)
+    materialized = again.asset_materializations_for_node("reviews__latent_factors")[0].metadata
+    assert {"identity_new", "identity_vanished", "identity_splits", "identity_merges"} <= set(materialized)
+    same = set(names.index) & set(after["factor"])
+    assert same, "no factor kept its id across a refit on nearly the same data"
+    for factor in same:
+        members_before = set(before.loc[before["factor"] == factor, "property"])
+        members_after = set(after.loc[after["factor"] == factor, "property"])
+        if len(members_before & members_after) / len(members_before | members_after) >= 0.5:
+            assert after.loc[after["factor"] == factor, "name"].iloc[0] == names[factor]
+
+    # Prevalence: a row per batch and factor in arrival order; the drift check judges the fifth batch.
+    prevalence = table(resources, "reviews__factor_prevalence")
+    assert sorted(prevalence["position"].unique()) == [0, 1, 2, 3, 4]
+    assert list(prevalence.drop_duplicates("position")["batch"]) == keys
+    assert prevalence["share_strong"].between(0, 1).all()
+    drift = next(e for e in again.get_asset_check_evaluations() if e.check_name == "prevalence_drift")
+    assert "not judged" not in drift.metadata["drifted"].value
+    # The batches are the same reviews: nothing drifted.
+    assert drift.passed
+
+    # The HTML report: a card per factor, inside its theme.
+    page = again.asset_materializations_for_node("reviews__html_report")[0].metadata["report"].value
+    assert Path(page).parent == Path(storage.artefacts)
+    text = Path(page).read_text()
+    assert text.count('<article class="card"') == after["factor"].nunique()
+    assert text.count('<section class="theme"') == after["theme"].nunique()
+    assert "What makes a film worth watching?" in text

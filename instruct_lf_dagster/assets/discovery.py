@@ -23,6 +23,9 @@ from instruct_lf_dagster.resources.storage import Storage
 if TYPE_CHECKING:
     from instruct_lf_dagster.components.discovery import Discovery
 
+EXAMPLE_CHARS = 300  # of each top-scoring document kept in the report
+KEPT_IDENTITY = 0.7  # below this share of properties keeping their factor, a refit is flagged (WARN)
+
 
 def top_documents(
     storage: Storage, d: "Discovery", keys: list[str], factors: Factors, ranked: list[int], top: int = 3
@@ -44,23 +47,23 @@ def top_documents(
     return {k: [text for *_, text in sorted(entries, reverse=True)] for k, entries in best.items()}
 
 
-def earlier_names(storage: Storage, d: "Discovery") -> list[tuple[list[str], FactorName]]:
-    """(members, name) of each factor in the stored factor report, if there is one."""
+def earlier_names(storage: Storage, d: "Discovery") -> dict[int, tuple[list[str], FactorName]]:
+    """Factor id -> (members, name) in the stored factor report, if there is one."""
     table = d.key("factor_report").to_python_identifier()
     if not storage.has_table(table):
-        return []
+        return {}
     report = storage.read_table(table)
     if "name" not in report.columns:
-        return []
-    return [
-        (
+        return {}
+    return {
+        int(k): (
             rows["property"].tolist(),
             FactorName(
-                k, rows["name"].iloc[0], rows["description"].iloc[0], not rows["named_by_llm"].iloc[0]
+                int(k), rows["name"].iloc[0], rows["description"].iloc[0], not rows["named_by_llm"].iloc[0]
             ),
         )
         for k, rows in report.groupby("factor", sort=True)
-    ]
+    }
 
 
 def build(d: "Discovery") -> list:
@@ -142,6 +145,13 @@ def build(d: "Discovery") -> list:
     @dg.asset(
         key=d.key("latent_factors"),
         ins={"vocabulary": dg.AssetIn(d.key("vocabulary"))},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "factors_kept_identity",
+                asset=d.key("latent_factors"),
+                description="Share of properties (in both fits) whose factor matched its factor of the last fit.",
+            )
+        ],
         deps=[d.key("compatibility")],  # read batch by batch from storage, never stacked whole
         kinds={"pytorch"},
         code_version=versions["latent_factors"],
@@ -149,8 +159,10 @@ def build(d: "Discovery") -> list:
     )
     def latent_factors(
         context: dg.AssetExecutionContext, vocabulary: Vocabulary, compute: ComputeResource, storage: Storage
-    ) -> Factors:
+    ):
         """Linear CorEx fitted on the compatibility rows of every batch: properties grouped into latent factors.
+
+        A refit matches its factors to the last fit's (`core.identity`): matched factors keep their public ids.
 
         With l1 = 0 (the default) the fit needs only statistics of the rows, summed one batch at a time; the
         paper's l1 > 0 is fitted with Adam on the rows themselves, so the whole matrix is then held in memory.
@@ -184,10 +196,19 @@ def build(d: "Discovery") -> list:
             x = np.concatenate(list(rows()) or [np.zeros((0, len(vocabulary)), np.float32)])
             n = len(x)
             factors = method.fit_factors(x, vocabulary.properties, previous=previous)
+        factors, found = factors.aligned_to(previous)
         context.log.info(f"{d.name}/latent_factors: {factors.n_factors} factors from {n} documents")
         corex = factors.model
-        context.add_output_metadata(
-            {
+        identity = found.summary() if found is not None else {"matched": "first fit"}
+        yield dg.AssetCheckResult(
+            check_name="factors_kept_identity",
+            passed=found is None or found.kept_share >= KEPT_IDENTITY,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={**identity, "threshold": KEPT_IDENTITY},
+        )
+        yield dg.Output(
+            factors,
+            metadata={
                 "documents": n,
                 "properties": len(vocabulary),
                 "factors": factors.n_factors,
@@ -199,9 +220,9 @@ def build(d: "Discovery") -> list:
                 and previous is not None
                 and previous.n_factors == factors.n_factors,
                 "top_factors": dg.MetadataValue.md(factors.describe(top=10)),
-            }
+                **{f"identity_{key}": value for key, value in identity.items()},
+            },
         )
-        return factors
 
     @dg.asset_check(
         asset=latent_factors,
@@ -222,60 +243,122 @@ def build(d: "Discovery") -> list:
         )
 
     @dg.asset(
-        key=d.key("factor_report"),
+        key=d.key("themes"),
         ins={"latent_factors": dg.AssetIn(d.key("latent_factors"))},
+        deps=[d.key("compatibility")],  # read batch by batch from storage
+        kinds={"pytorch"},
+        code_version=versions["themes"],
+        **common,
+    )
+    def themes(
+        context: dg.AssetExecutionContext, latent_factors: Factors, compute: ComputeResource, storage: Storage
+    ) -> Factors:
+        """Factors grouped into a handful of themes: Linear CorEx over the documents' factor strengths (the
+        paper's stacking), from statistics summed batch by batch. Its "properties" are the factor ids."""
+        rows = latent_factors.ranked()
+        table = d.key("compatibility").to_python_identifier()
+        stats = CorexStatistics(len(rows))
+        for key in context.instance.get_dynamic_partitions(batches.name):
+            part = read(storage, table, key, len(latent_factors.properties))
+            if part is not None:
+                stats.update(latent_factors.strengths(part[1])[:, rows])
+        if stats.n < 2 or not rows:
+            raise dg.Failure(f"{stats.n} scored documents, {len(rows)} factors: nothing to group into themes")
+        fitted = d.method(**compute.settings()).fit_themes(stats, [latent_factors.ids[k] for k in rows])
+        context.add_output_metadata(
+            {
+                "themes": len(fitted.nonempty()),
+                "factors": len(rows),
+                "members": dg.MetadataValue.md(
+                    "\n".join(
+                        f"- theme {fitted.ids[t]}: factors {', '.join(p for p, _ in fitted.members(t))}"
+                        for t in fitted.ranked()
+                    )
+                ),
+            }
+        )
+        return fitted
+
+    @dg.asset(
+        key=d.key("factor_report"),
+        ins={"latent_factors": dg.AssetIn(d.key("latent_factors")), "themes": dg.AssetIn(d.key("themes"))},
         deps=[DOCUMENTS, d.key("compatibility")],  # the documents that score highest, read batch by batch
         kinds={"duckdb"},
         code_version=versions["factor_report"],
         **common,
     )
     def factor_report(
-        context: dg.AssetExecutionContext, latent_factors: Factors, llm: LLMResource, storage: Storage
+        context: dg.AssetExecutionContext,
+        latent_factors: Factors,
+        themes: Factors,
+        llm: LLMResource,
+        storage: Storage,
     ) -> pd.DataFrame:
-        """Each factor's name, one sentence on it, and its properties by mutual information: what discovery found.
+        """Each factor's name, one sentence on it, its theme, its properties by mutual information and the
+        documents that score highest on it: what discovery found.
 
         The discovery's LLM names each factor from its top properties and the 3 documents that score highest on
-        it (cached like proposals); a failed or unusable answer falls back to the top property, flagged.
+        it, and each theme from its factors' names (cached like proposals); a failed or unusable answer falls
+        back to the top property (or factor), flagged.
         """
-        ranked = latent_factors.ranked()
+        ranked, ids = latent_factors.ranked(), latent_factors.ids
         keys = context.instance.get_dynamic_partitions(batches.name)
         examples = top_documents(storage, d, keys, latent_factors, ranked)
-        members = {k: [p for p, _ in latent_factors.members(k)] for k in ranked}
+        examples = {ids[k]: texts for k, texts in examples.items()}
+        members = {ids[k]: [p for p, _ in latent_factors.members(k)] for k in ranked}
+        client = client_for(d, llm)
         names, usage = name_factors(
-            client_for(d, llm), d.to_goal(), members, examples, previous=earlier_names(storage, d)
+            client, d.to_goal(), members, examples, previous=earlier_names(storage, d)
         )
         named = {n.factor: n for n in names}
+        theme_of = {int(p): themes.ids[t] for p, t in zip(themes.properties, themes.assignment, strict=True)}
+        groups = {
+            themes.ids[t]: [named[int(p)].name for p, _ in themes.members(t)] for t in themes.nonempty()
+        }
+        theme_names, theme_usage = name_factors(client, d.to_goal(), groups, {})
+        theme_named = {n.factor: n.name for n in theme_names}
         report = latent_factors.to_frame()
         report["name"] = report["factor"].map(lambda k: named[k].name).astype("string")
         report["description"] = report["factor"].map(lambda k: named[k].description).astype("string")
         report["named_by_llm"] = report["factor"].map(lambda k: not named[k].fallback)
+        report["theme"] = report["factor"].map(lambda k: theme_of.get(k, -1)).astype("int64")
+        report["theme_name"] = report["theme"].map(lambda t: theme_named.get(t, "")).astype("string")
+        # The documents behind the name, for the HTML report: the same few on each of the factor's rows.
+        report["examples"] = report["factor"].map(lambda k: [t[:EXAMPLE_CHARS] for t in examples.get(k, [])])
         top = ranked[:20]
         column = {p: j for j, p in enumerate(latent_factors.properties)}
         columns = list(dict.fromkeys(column[p] for k in top for p, _ in latent_factors.members(k)[:3]))
         table = pd.DataFrame(
             [
-                (k, named[k].name, len(members[k]), "; ".join(members[k][:5]), named[k].description)
-                for k in ranked
+                (
+                    i,
+                    named[i].name,
+                    theme_named.get(theme_of.get(i, -1), ""),
+                    len(members[i]),
+                    "; ".join(members[i][:5]),
+                )
+                for i in (ids[k] for k in ranked)
             ],
-            columns=["factor", "name", "size", "properties", "description"],
+            columns=["factor", "name", "theme", "size", "properties"],
         )
         context.add_output_metadata(
             {
                 "goal": d.goal,
                 "factors": len(ranked),
+                "themes": len(theme_names),
                 "named_by_llm": sum(not n.fallback for n in names),
                 "fallback_names": ", ".join(str(n.factor) for n in names if n.fallback) or "none",
-                **{f"naming_{key}": value for key, value in usage.as_metadata().items()},
+                **{f"naming_{key}": value for key, value in (usage + theme_usage).as_metadata().items()},
                 "top_factors": dg.MetadataValue.md(table.head(10).to_markdown(index=False)),
                 "heatmap": display.heatmap(
                     latent_factors.model.mis,
                     top,
                     columns,
                     list(latent_factors.properties),
-                    [f"{k}: {named[k].name}" for k in top],
+                    [f"{ids[k]}: {named[ids[k]].name}" for k in top],
                 ),
             }
         )
         return report
 
-    return [vocabulary, linker, latent_factors, every_property_assigned, factor_report]
+    return [vocabulary, linker, latent_factors, every_property_assigned, themes, factor_report]

@@ -57,3 +57,15 @@ def prevalence(shares: dict[str, np.ndarray], labels: list[str]) -> dg.MetadataV
     ax.set_ylabel("share of documents")
     ax.legend(fontsize=7)
     return png(fig)
+
+
+def trend(batches: list[str], shares: np.ndarray, labels: list[str]) -> dg.MetadataValue:
+    """Each factor's share of strong documents (columns of `shares`) over the batches, in arrival order."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(batches)), 3.5))
+    for j, label in enumerate(labels):
+        ax.plot(range(len(batches)), shares[:, j], marker="o", markersize=3, label=label[:40])
+    ax.set_xticks(range(len(batches)), batches, rotation=90, fontsize=7)
+    ax.set_ylabel("share of documents where strong")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return png(fig)

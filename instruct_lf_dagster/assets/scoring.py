@@ -11,6 +11,7 @@ from instruct_lf_dagster.assets.matrix import read
 from instruct_lf_dagster.assets.matrix import to_row as matrix_row
 from instruct_lf_dagster.core.compatibility import EmbeddingCache
 from instruct_lf_dagster.core.compatibility import compatibility as compatibility_matrix
+from instruct_lf_dagster.core.drift import STRONG
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.core.paths import data_dir
@@ -21,8 +22,6 @@ from instruct_lf_dagster.resources.storage import Storage
 
 if TYPE_CHECKING:
     from instruct_lf_dagster.components.discovery import Discovery
-
-STRONG = 1.0  # a factor score this many standard deviations from the mean counts as strong
 
 
 def coverage(scores: np.ndarray) -> float:
@@ -163,7 +162,7 @@ def build(d: "Discovery") -> list:
             )
         out = pd.concat(frames, ignore_index=True)
         scores = np.concatenate(all_scores)
-        top = latent_factors.ranked()[:15]
+        top = [latent_factors.ids[k] for k in latent_factors.ranked()[:15]]
         shares = {
             batch: np.array([(group["top_factor"] == k).mean() for k in top])
             for batch, group in out.groupby("batch", sort=True)

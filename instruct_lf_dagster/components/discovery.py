@@ -26,8 +26,11 @@ STAGES = (
     "linker",
     "compatibility",
     "latent_factors",
+    "themes",
     "factor_report",
     "document_factors",
+    "factor_prevalence",
+    "html_report",
 )
 
 
@@ -115,6 +118,7 @@ class FactorSettings(dg.Model):
     l1: float = DEFAULTS.l1
     max_iter: int = DEFAULTS.max_iter
     warm_start: bool = DEFAULTS.warm_start
+    n_themes: int = 0  # 0: automatic, about the square root of the factor count, between 3 and 15
 
 
 class Discovery(dg.Component, dg.Resolvable, dg.Model):
@@ -168,6 +172,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
             linker_max_pairs=self.linker.max_pairs,
             max_iter=self.factors.max_iter,
             warm_start=self.factors.warm_start,
+            n_themes=self.factors.n_themes or None,
             seed=self.seed,
             **compute,
         )
@@ -197,7 +202,8 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
         for stage, settings in stages.items():
             blob = json.dumps([upstream, settings], default=_plain, sort_keys=True)
             versions[stage] = upstream = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        versions["factor_report"] = versions["document_factors"] = versions["latent_factors"]
+        for stage in STAGES[STAGES.index("latent_factors") + 1 :]:
+            versions[stage] = versions["latent_factors"]
         return versions
 
     def key(self, stage: str) -> dg.AssetKey:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from instruct_lf_dagster.core.corex import LinearCorex
+from instruct_lf_dagster.core.identity import Match, match
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,23 @@ class Factors:
     """The factors of a fitted `LinearCorex` over `properties` (the columns it was fitted on, in order).
 
     Each property belongs to the factor with which it shares the most mutual information (argmax MI); a factor is
-    shown as its properties ordered by MI. Factor indices are the model's rows and stay stable: factors that
-    received no property are left out of every listing but keep their index (and their column in `scores`).
+    shown as its properties ordered by MI. Methods take and give factors as the model's rows k (the columns of
+    `scores`); what users see (`to_frame`, `evidence`, `describe`) names them by `ids[k]`, their public ids, which
+    a refit carries over from the factors it matches (`aligned_to`). Factors that received no property are left out
+    of every listing but keep their row.
     """
 
     model: LinearCorex
     properties: tuple[str, ...]
+    ids: tuple[int, ...] = ()  # public id of each row; default: the row itself
 
     def __post_init__(self):
         object.__setattr__(self, "properties", tuple(self.properties))
+        object.__setattr__(self, "ids", tuple(int(i) for i in self.ids) or tuple(range(self.n_factors)))
+        if len(self.ids) != self.n_factors or len(set(self.ids)) != len(self.ids):
+            raise ValueError(
+                f"{len(self.ids)} ids (distinct: {len(set(self.ids))}) for {self.n_factors} factors"
+            )
         if len(self.properties) != self.model.w_.shape[1]:
             raise ValueError(
                 f"{len(self.properties)} properties for a model of {self.model.w_.shape[1]} columns"
@@ -71,6 +80,34 @@ class Factors:
         """Properties of factor k with their MI, highest MI first (empty for an empty factor)."""
         return [(self.properties[j], float(self.model.mis[k, j])) for j in self._members.get(k, [])]
 
+    def row(self, factor_id: int) -> int:
+        """The model row of a public factor id."""
+        return self.ids.index(factor_id)
+
+    def membership(self) -> dict[int, dict[str, float]]:
+        """Public id -> {member property: MI}, for every non-empty factor."""
+        return {self.ids[k]: dict(self.members(k)) for k in self.nonempty()}
+
+    def aligned_to(self, previous: Factors | None) -> tuple[Factors, Match | None]:
+        """These factors with the public ids of the `previous` fit's factors they match (`core.identity`); the
+        others get ids never used before. Returns them and the match (None without a previous fit)."""
+        if previous is None:
+            return self, None
+        found = match(previous.membership(), self.membership())
+        taken = dict(found.pairs)  # row id (as it stands) -> previous id
+        fresh = iter(range(max(previous.ids) + 1, max(previous.ids) + 1 + self.n_factors))
+        ids = tuple(taken[i] if i in taken else next(fresh) for i in self.ids)
+        renamed = {self.ids[k]: ids[k] for k in range(self.n_factors)}
+        found = replace(
+            found,
+            pairs={renamed[b]: a for b, a in found.pairs.items()},
+            overlaps={renamed[b]: v for b, v in found.overlaps.items()},
+            new=[renamed[b] for b in found.new],
+            splits={a: [renamed[b] for b in bs] for a, bs in found.splits.items()},
+            merges={renamed[b]: a for b, a in found.merges.items()},
+        )
+        return replace(self, ids=ids), found
+
     def strength(self, k: int) -> float:
         """Total MI between factor k and its properties: how much it explains; used to rank factors."""
         return float(sum(mi for _, mi in self.members(k)))
@@ -81,7 +118,11 @@ class Factors:
 
     def strengths(self, compatibility: np.ndarray) -> np.ndarray:
         """Factor scores (n, m) oriented so that high means "has this factor's properties"."""
-        return self.scores(compatibility) * self._signs
+        return self.oriented(self.scores(compatibility))
+
+    def oriented(self, scores: np.ndarray) -> np.ndarray:
+        """`scores` (n, m) of these factors turned so that high means "has this factor's properties"."""
+        return np.asarray(scores) * self._signs
 
     def evidence(
         self, compatibility_rows: np.ndarray, top_factors: int = 3, top_properties: int = 3
@@ -92,7 +133,7 @@ class Factors:
         the score oriented so that high means "has this factor's properties" (see `_signs`), and each is explained
         by the member properties j with the largest contribution x_j * W_kj (oriented likewise): properties the
         document matches more than the average document does, weighted by how much the factor relies on them.
-        Returns, per document, [{"factor", "score", "properties": [(property, contribution), ...]}, ...].
+        Returns, per document, [{"factor" (public id), "score", "properties": [(property, contribution), ...]}, ...].
         """
         rows = np.atleast_2d(compatibility_rows)
         x = self.model.standardise(rows)
@@ -108,7 +149,7 @@ class Factors:
                 order = np.argsort(-contribution, kind="stable")[:top_properties]
                 entries.append(
                     {
-                        "factor": int(k),
+                        "factor": self.ids[k],
                         "score": float(oriented[i, k]),
                         "properties": [(self.properties[cols[o]], float(contribution[o])) for o in order],
                     }
@@ -117,9 +158,9 @@ class Factors:
         return result
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per assigned property: factor, rank (1 = highest MI in its factor), property, mi."""
+        """One row per assigned property: factor (public id), rank (1 = highest MI in its factor), property, mi."""
         rows = [
-            (k, rank, prop, mi)
+            (self.ids[k], rank, prop, mi)
             for k in self.nonempty()
             for rank, (prop, mi) in enumerate(self.members(k), start=1)
         ]
@@ -134,7 +175,7 @@ class Factors:
             shown = "; ".join(
                 f"{prop.replace('|', '/')} ({mi:.2f})" for prop, mi in self.members(k)[:properties]
             )
-            lines.append(f"| {k} | {len(self.members(k))} | {shown} |")
+            lines.append(f"| {self.ids[k]} | {len(self.members(k))} | {shown} |")
         return "\n".join(lines)
 
     def warm_start(self, properties: Sequence[str]) -> np.ndarray:
@@ -148,15 +189,18 @@ class Factors:
         return w
 
     def save(self, path: str | Path) -> None:
-        """Write to the folder `path`: the model (corex.safetensors) and the properties (properties.json)."""
+        """Write to the folder `path`: the model (corex.safetensors), the properties (properties.json) and the
+        public ids (ids.json)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / "corex.safetensors")
         (path / "properties.json").write_text(json.dumps(list(self.properties), ensure_ascii=False))
+        (path / "ids.json").write_text(json.dumps(list(self.ids)))
 
     @classmethod
     def load(cls, path: str | Path) -> Factors:
         """Read factors written by `save`."""
         path = Path(path)
         properties = json.loads((path / "properties.json").read_text())
-        return cls(LinearCorex.load(path / "corex.safetensors"), properties)
+        ids = json.loads((path / "ids.json").read_text()) if (path / "ids.json").exists() else ()
+        return cls(LinearCorex.load(path / "corex.safetensors"), properties, tuple(ids))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from instruct_lf_dagster.core.proposals import Client, Goal, normalise_property
@@ -18,7 +18,7 @@ NAME_SCHEMA = {
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "factor", "schema": NAME_SCHEMA}}
 MAX_DESCRIPTION = 300
 KEEP_NAME = (
-    0.7  # a refit's factor keeps an earlier factor's name while their members overlap this much (Jaccard)
+    0.5  # a refit's factor keeps its name while its members overlap its earlier ones this much (Jaccard)
 )
 
 
@@ -71,20 +71,19 @@ def name_factors(
     members: dict[int, Sequence[str]],
     documents: dict[int, Sequence[str]],
     top_properties: int = 10,
-    previous: Sequence[tuple[Sequence[str], FactorName]] = (),
+    previous: Mapping[int, tuple[Sequence[str], FactorName]] | None = None,
 ) -> tuple[list[FactorName], object]:
-    """Name every factor of `members` (factor -> its properties, most informative first), shown with
+    """Name every factor of `members` (factor id -> its properties, most informative first), shown with
     `documents[factor]`; one LLM call each (cached calls are free). Returns the names and the LLM usage.
 
-    `previous`: (members, name) of an earlier fit; a factor whose members overlap one of them by `KEEP_NAME`
-    or more keeps that name without a call, so a refit that barely moves its factors does not rename them.
+    `previous`: factor id -> (members, name) of the earlier fit; a factor that kept its id (`core.identity`)
+    keeps its name without a call while its members overlap the earlier ones by `KEEP_NAME` or more.
     """
     kept = {}
     for k, props in members.items():
-        overlaps = [(_jaccard(props, old), name) for old, name in previous if name.name]
-        best = max(overlaps, key=lambda pair: pair[0], default=(0.0, None))
-        if best[0] >= KEEP_NAME:
-            kept[k] = FactorName(k, best[1].name, best[1].description, best[1].fallback)
+        old, name = (previous or {}).get(k, ((), None))
+        if name is not None and name.name and _jaccard(props, old) >= KEEP_NAME:
+            kept[k] = FactorName(k, name.name, name.description, name.fallback)
     factors = sorted(set(members) - set(kept))
     requests = [naming_messages(goal, members[k][:top_properties], documents.get(k, ())) for k in factors]
     completions, usage = client.complete(requests, response_format=RESPONSE_FORMAT)

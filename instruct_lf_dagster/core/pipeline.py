@@ -29,6 +29,12 @@ def auto_factors(n_properties: int) -> int:
     return int(np.clip(n_properties // 8, 2, 368))
 
 
+def auto_themes(n_factors: int) -> int:
+    """The default number of themes: about the square root of the factor count, between 3 and 15 (fewer only
+    when there are fewer factors)."""
+    return max(1, min(n_factors, int(np.clip(round(np.sqrt(n_factors)), 3, 15))))
+
+
 def _log_epoch(epoch: int, train: float, val: float | None) -> None:
     log.info("linker: epoch %d train loss %.4f validation loss %s", epoch, train, val)
 
@@ -62,6 +68,7 @@ class InstructLF:
     linker_max_pairs: int | None = (
         None  # fine-tune on a seeded sample of this many (document, property) pairs
     )
+    n_themes: int | None = None  # second layer over the factors; None: `auto_themes` of the factor count
     max_iter: int = 1000  # CorEx step budget per annealing stage
     warm_start: bool = True  # `fit_factors` starts from `previous` when its factor count matches
     seed: int = 0
@@ -172,11 +179,27 @@ class InstructLF:
         corex, warm = self._corex(stats.n, properties, previous)
         return Factors(corex.fit_statistics(stats, warm_start=warm), properties)
 
+    def fit_themes(self, stats: CorexStatistics, factor_ids: Sequence[int]) -> Factors:
+        """The second layer (the paper's stacking): Linear CorEx over the documents' factor strengths groups
+        factors into themes. `stats`: statistics of the strengths of the factors `factor_ids` (in that column
+        order), accumulated batch by batch; the result's "properties" are the factor ids, as strings."""
+        labels = [str(i) for i in factor_ids]
+        if stats.p != len(labels):
+            raise ValueError(f"statistics of {stats.p} columns for {len(labels)} factors")
+        corex, _ = self._corex(stats.n, labels, None, self.n_themes or auto_themes(len(labels)))
+        return Factors(corex.fit_statistics(stats), labels)
+
     def _corex(
-        self, n_documents: int, properties: Sequence[str], previous: Factors | None
+        self,
+        n_documents: int,
+        properties: Sequence[str],
+        previous: Factors | None,
+        n_factors: int | None = None,
     ) -> tuple[LinearCorex, np.ndarray | None]:
-        """The unfitted Linear CorEx for factors (the one place it is built) and its warm start, if any."""
-        n_factors = self.n_factors or auto_factors(len(properties))
+        """The unfitted Linear CorEx (the one place it is built: factors, and themes over factors) and its warm
+        start, if any. Themes are fitted from statistics, so always with l1 = 0."""
+        themes = n_factors is not None
+        n_factors = n_factors or self.n_factors or auto_factors(len(properties))
         warm = (
             previous.warm_start(properties)
             if self.warm_start and previous is not None and previous.n_factors == n_factors
@@ -191,7 +214,7 @@ class InstructLF:
         )
         corex = LinearCorex(
             n_factors,
-            l1=self.l1,
+            l1=0.0 if themes else self.l1,
             seed=self.seed,
             device=self.device,
             max_iter=self.max_iter,

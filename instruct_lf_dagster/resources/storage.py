@@ -88,6 +88,10 @@ class Storage(dg.ConfigurableResource):
         """The stored artefact, or None when it was never materialised."""
         raise NotImplementedError
 
+    def save_page(self, name: str, html: str) -> str:
+        """Store a self-contained HTML page; returns where it is (a file path or an s3:// URI)."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -202,6 +206,14 @@ class LocalStorage(Storage):
         folder = self._artefacts() / name
         return restore_artefact(folder) if (folder / "manifest.json").exists() else None
 
+    def save_page(self, name: str, html: str) -> str:
+        path = self._artefacts() / f"{name}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(path.name + ".tmp")
+        staging.write_text(html, encoding="utf-8")
+        staging.replace(path)
+        return str(path.resolve())
+
     def describe(self) -> str:
         return f"duckdb:{self._database()}"
 
@@ -283,6 +295,13 @@ class S3Storage(Storage):
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(self.bucket, key, str(target))
         return restore_artefact(folder)
+
+    def save_page(self, name: str, html: str) -> str:
+        key = self._key("pages", f"{name}.html")
+        self.s3.get_client().put_object(
+            Bucket=self.bucket, Key=key, Body=html.encode("utf-8"), ContentType="text/html; charset=utf-8"
+        )
+        return f"s3://{self.bucket}/{key}"
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

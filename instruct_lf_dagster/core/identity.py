@@ -1,0 +1,143 @@
+"""Factor identity across refits: which factor of a new fit is which factor of the previous one.
+
+Factors are matched one to one by an optimal assignment on their overlap: the mutual information of the
+properties they share, over that of all their properties (a weighted Dice coefficient, 0 to 1). A matched factor
+keeps the previous factor's public id; the others are new. Where properties moved between factors, splits (one
+previous factor's properties now in two or more) and merges (two or more previous factors now in one) are listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MIN_OVERLAP = 0.2  # a pair overlapping less than this is not the same factor, whatever the assignment says
+PIECE = 0.25  # share of a factor's properties that counts as a piece of it (splits and merges)
+MOSTLY = 0.5  # ... when that piece is at least this share of the other factor
+
+Membership = Mapping[int, Mapping[str, float]]  # factor id -> {property: mutual information}
+
+
+def assign(gain: np.ndarray) -> list[tuple[int, int]]:
+    """The (row, column) pairs of a one-to-one assignment with the largest total `gain` (any shape).
+
+    The Hungarian method with potentials, O(n^2 m); rows and columns left over are unassigned.
+    """
+    gain = np.asarray(gain, dtype=np.float64)
+    transpose = gain.shape[0] > gain.shape[1]
+    cost = -(gain.T if transpose else gain)
+    n, m = cost.shape
+    if n == 0:
+        return []
+    u, v = np.zeros(n + 1), np.zeros(m + 1)
+    owner = np.zeros(m + 1, dtype=int)  # owner[j]: the row (1-based) holding column j; column 0 is a sentinel
+    way = np.zeros(m + 1, dtype=int)
+    for i in range(1, n + 1):
+        owner[0], j0 = i, 0
+        slack, used = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=bool)
+        while owner[j0] != 0:
+            used[j0] = True
+            i0 = owner[j0]
+            free = ~used[1:]
+            reduced = cost[i0 - 1] - u[i0] - v[1:]
+            better = free & (reduced < slack[1:])
+            slack[1:][better] = reduced[better]
+            way[1:][better] = j0
+            candidates = np.where(free, slack[1:], np.inf)
+            j1 = int(np.argmin(candidates)) + 1
+            delta = candidates[j1 - 1]
+            u[owner[used]] += delta
+            v[used] -= delta
+            slack[1:][free] -= delta
+            j0 = j1
+        while j0:
+            j1 = way[j0]
+            owner[j0] = owner[j1]
+            j0 = j1
+    pairs = [(int(owner[j]) - 1, j - 1) for j in range(1, m + 1) if owner[j]]
+    return sorted((c, r) if transpose else (r, c) for r, c in pairs)
+
+
+def overlap(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """Weighted Dice: the MI of the properties two factors share over the MI of all their properties."""
+    total = sum(a.values()) + sum(b.values())
+    shared = sum(a[p] + b[p] for p in a.keys() & b.keys())
+    return shared / total if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Match:
+    """How a new fit's factors relate to the previous fit's (both by id)."""
+
+    pairs: dict[int, int]  # new factor -> the previous factor it is
+    overlaps: dict[int, float]  # new factor -> its overlap with that previous factor
+    new: list[int]
+    vanished: list[int]
+    splits: dict[int, list[int]] = field(
+        default_factory=dict
+    )  # previous factor -> the new factors it went to
+    merges: dict[int, list[int]] = field(default_factory=dict)  # new factor -> the previous factors it joins
+    kept_share: float = 1.0  # of the properties in both fits, the share whose factor kept its identity
+
+    def summary(self) -> dict[str, object]:
+        """Plain values for metadata."""
+        return {
+            "matched": len(self.pairs),
+            "new": ", ".join(map(str, self.new)) or "none",
+            "vanished": ", ".join(map(str, self.vanished)) or "none",
+            "splits": "; ".join(f"{a} -> {b}" for a, b in self.splits.items()) or "none",
+            "merges": "; ".join(f"{a} <- {b}" for a, b in self.merges.items()) or "none",
+            "kept_share": round(self.kept_share, 4),
+        }
+
+
+def match(previous: Membership, current: Membership, min_overlap: float = MIN_OVERLAP) -> Match:
+    """Match the factors of `current` to those of `previous` (both: id -> {member property: MI})."""
+    old, now = sorted(previous), sorted(current)
+    gain = np.array([[overlap(current[b], previous[a]) for a in old] for b in now]).reshape(
+        len(now), len(old)
+    )
+    pairs, overlaps = {}, {}
+    for i, j in assign(gain):
+        if gain[i, j] >= min_overlap:
+            pairs[now[i]], overlaps[now[i]] = old[j], float(gain[i, j])
+    shared = {a: {b: len(previous[a].keys() & current[b].keys()) for b in now} for a in old}
+    splits = {
+        a: pieces
+        for a in old
+        if len(
+            pieces := [
+                b
+                for b in now
+                if shared[a][b] >= PIECE * len(previous[a]) and shared[a][b] >= MOSTLY * len(current[b])
+            ]
+        )
+        > 1
+    }
+    merges = {
+        b: pieces
+        for b in now
+        if len(
+            pieces := [
+                a
+                for a in old
+                if shared[a][b] >= PIECE * len(current[b]) and shared[a][b] >= MOSTLY * len(previous[a])
+            ]
+        )
+        > 1
+    }
+    before = {p: a for a in old for p in previous[a]}
+    after = {p: b for b in now for p in current[b]}
+    common = before.keys() & after.keys()
+    kept = sum(pairs.get(after[p]) == before[p] for p in common)
+    return Match(
+        pairs=pairs,
+        overlaps=overlaps,
+        new=[b for b in now if b not in pairs],
+        vanished=[a for a in old if a not in pairs.values()],
+        splits=splits,
+        merges=merges,
+        kept_share=kept / len(common) if common else 1.0,
+    )
