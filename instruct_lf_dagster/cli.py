@@ -94,8 +94,11 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     names = [args.discovery] if args.discovery else [d.name for d in run.declared()[0]]
     for name in names:
-        print(f"\n{name}: latent factors (largest first, most informative properties first):")
+        print(f"\n{name}: latent factors by theme (largest first, most informative properties first):")
         print(run.format_factors(run.factor_table(name)))
+        page = run.report_location(name)
+        if page:
+            print(f"Report: {page}")
     home = run.instance().root_directory
     print(
         f"\nRuns are stored in DAGSTER_HOME={home}.\n"

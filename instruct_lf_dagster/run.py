@@ -81,16 +81,35 @@ def factor_table(discovery: str, env: str | None = None) -> pd.DataFrame:
         return resources.storage.read_table(dg.AssetKey([discovery, "factor_report"]).to_python_identifier())
 
 
+def report_location(discovery: str) -> str | None:
+    """Where the discovery's latest HTML report was written (from its materialisation), if anywhere."""
+    event = instance().get_latest_materialization_event(dg.AssetKey([discovery, "html_report"]))
+    if event is None or event.asset_materialization is None:
+        return None
+    link = event.asset_materialization.metadata.get("report")
+    return None if link is None else str(link.value)
+
+
 def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: int = 5) -> str:
-    """Factors as text: the largest first, each with its name, one sentence and its most informative properties."""
+    """Factors as text, grouped by theme (largest first): each with its name, one sentence and its most
+    informative properties. The `top_factors` largest factors are shown."""
     sizes = report.groupby("factor").size().sort_values(ascending=False, kind="stable")
+    shown = set(sizes.index[:top_factors])
+    first = report.sort_values("rank").drop_duplicates("factor").set_index("factor")
+    if "theme" not in first:
+        first = first.assign(theme=-1, theme_name="")
     lines = []
-    for factor in sizes.index[:top_factors]:
-        rows = report[report["factor"] == factor].sort_values("rank")
-        first = rows.iloc[0]
-        flag = "" if first.get("named_by_llm", True) else " (top property: the LLM gave no name)"
-        lines.append(f"factor {factor:>3}  {first.get('name', '')}{flag}  ({sizes[factor]} properties)")
-        if first.get("description"):
-            lines.append(f"      {first['description']}")
-        lines.append("      " + "; ".join(rows["property"].head(top_properties)))
+    themes = first.loc[list(shown)].groupby("theme", sort=False)
+    for _, members in sorted(themes, key=lambda g: -sizes[g[1].index].sum()):
+        lines.append(f"theme: {members['theme_name'].iloc[0] or 'other factors'}")
+        for factor in sorted(members.index, key=lambda f: -sizes[f]):
+            row = first.loc[factor]
+            flag = "" if row.get("named_by_llm", True) else " (top property: the LLM gave no name)"
+            lines.append(f"  factor {factor:>3}  {row.get('name', '')}{flag}  ({sizes[factor]} properties)")
+            if row.get("description"):
+                lines.append(f"        {row['description']}")
+            props = report[report["factor"] == factor].sort_values("rank")["property"].head(top_properties)
+            lines.append("        " + "; ".join(props))
+    if len(sizes) > top_factors:
+        lines.append(f"... and {len(sizes) - top_factors} smaller factors (all of them in the HTML report)")
     return "\n".join(lines)

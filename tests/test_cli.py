@@ -82,3 +82,23 @@ def test_run_help_names_the_discovery_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     assert "--discovery" in capsys.readouterr().out
+
+
+def test_factors_are_printed_by_theme_largest_first():
+    import pandas as pd
+
+    from instruct_lf_dagster.run import format_factors
+
+    rows = [
+        (7, 1, "Ghosts", "Haunted stories", "Fear.", True, 0, "Genre thrills"),
+        (7, 2, "Jump scares", "Haunted stories", "Fear.", True, 0, "Genre thrills"),
+        (3, 1, "Car chase", "Action set pieces", "Speed.", True, 0, "Genre thrills"),
+        (5, 1, "Kiss", "Kiss", "", False, 1, "Romance"),
+    ]
+    columns = ["factor", "rank", "property", "name", "description", "named_by_llm", "theme", "theme_name"]
+    text = format_factors(pd.DataFrame(rows, columns=columns), top_factors=2)
+    lines = text.splitlines()
+    assert lines[0] == "theme: Genre thrills"
+    assert lines[1].split() == ["factor", "7", "Haunted", "stories", "(2", "properties)"]
+    assert "Ghosts; Jump scares" in text and "Car chase" in text
+    assert "Romance" not in text and lines[-1].startswith("... and 1 smaller factors")

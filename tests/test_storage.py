@@ -126,6 +126,7 @@ def test_a_partitioned_table_stored_whole_in_duckdb_moves_to_files(tmp_path):
         con.register("old", old)
         con.execute("CREATE TABLE docs AS SELECT * FROM old")
     storage = LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "a"))
+    assert storage.read_table("docs", ["a"])["document_id"].tolist() == ["a-0", "a-1"]  # read before a write
     storage.write_table("docs", _rows("b", 2, offset=5), ["b"])
     both = storage.read_table("docs", ["a", "b"]).sort_values("document_id")
     assert both["document_id"].tolist() == ["a-0", "a-1", "b-0", "b-1"]

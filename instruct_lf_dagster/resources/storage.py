@@ -148,8 +148,8 @@ class LocalStorage(Storage):
     def _kind(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
         """'BASE TABLE', 'VIEW' or None."""
         query = "SELECT table_type FROM information_schema.tables WHERE table_name = ?"
-        found = con.execute(query, [name]).fetchone()
-        return found[0] if found else None
+        found = con.execute(query, [name]).fetchall()
+        return found[0][0] if found else None
 
     def write_table(self, name: str, df: pd.DataFrame, batches: Sequence[str] | None) -> None:
         batches = _present_batches(df, batches, name)
@@ -185,9 +185,13 @@ class LocalStorage(Storage):
         con.execute(f'DROP TABLE "{name}"')
 
     def read_table(self, name: str, batches: Sequence[str] | None = None) -> pd.DataFrame:
-        if batches is None and not self._batch_files(name).is_dir():
+        if not self._batch_files(name).is_dir():
             with self._connect() as con:
-                return con.sql(f'SELECT * FROM "{name}"').to_arrow_table().to_pandas()
+                kind = self._kind(con, name)
+                if batches is None or kind is None:  # unpartitioned, or never written: DuckDB says which
+                    return con.sql(f'SELECT * FROM "{name}"').to_arrow_table().to_pandas()
+                if kind == "BASE TABLE":
+                    self._move_to_files(con, name)
         if batches is None:
             paths = sorted(self._batch_files(name).glob("*.parquet"))
         else:  # a batch never written has no rows
