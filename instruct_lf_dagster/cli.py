@@ -24,6 +24,7 @@ EVALUATIONS = {
     "inspired-propose": "instruct_lf_dagster.evaluation.inspired_propose",
     "probe": "instruct_lf_dagster.evaluation.probe",
     "next-action": "instruct_lf_dagster.evaluation.next_action",
+    "stability": "instruct_lf_dagster.evaluation.stability",
 }
 
 

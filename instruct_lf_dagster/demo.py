@@ -45,18 +45,23 @@ def corpus() -> pd.DataFrame:
     return frame[frame["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
 
 
-def prepare(inbox: Path, documents: int = 48, batches: int = 3, seed: int = 0) -> list[Path]:
-    """Write a balanced, seeded sample of fresh and rotten snippets into `inbox` as `batches` JSONL files."""
+def sample(documents: int = 48, seed: int = 0) -> pd.DataFrame:
+    """A balanced, seeded sample of fresh and rotten snippets of 60 to 400 characters, shuffled."""
     frame = corpus()
     frame = frame[frame["text"].str.len().between(60, 400)]
     half = documents // 2
-    sample = pd.concat(
+    return pd.concat(
         [frame[frame["category"] == c].sample(half, random_state=seed) for c in ("fresh", "rotten")]
     ).sample(frac=1.0, random_state=seed)
+
+
+def prepare(inbox: Path, documents: int = 48, batches: int = 3, seed: int = 0) -> list[Path]:
+    """Write `sample(documents, seed)` into `inbox` as `batches` JSONL files."""
+    chosen = sample(documents, seed)
     inbox.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(batches):
-        part = sample.iloc[i::batches]
+        part = chosen.iloc[i::batches]
         path = inbox / f"rotten_tomatoes_{i + 1}.jsonl"
         with path.open("w", encoding="utf-8") as out:
             for index, row in part.iterrows():
