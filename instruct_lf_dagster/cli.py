@@ -97,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     for name in names:
         print(f"\n{name}: latent factors by theme (largest first, most informative properties first):")
         print(run.format_factors(run.factor_table(name)))
-        page = run.report_location(name)
+        if run.changes(name):
+            print(run.changes(name))
+        page = run.latest_metadata(name, "html_report").get("report")
         if page:
             print(f"Report: {page}")
     home = run.instance().root_directory

@@ -81,13 +81,24 @@ def factor_table(discovery: str, env: str | None = None) -> pd.DataFrame:
         return resources.storage.read_table(dg.AssetKey([discovery, "factor_report"]).to_python_identifier())
 
 
-def report_location(discovery: str) -> str | None:
-    """Where the discovery's latest HTML report was written (from its materialisation), if anywhere."""
-    event = instance().get_latest_materialization_event(dg.AssetKey([discovery, "html_report"]))
+def latest_metadata(discovery: str, stage: str) -> dict[str, object]:
+    """The metadata of the latest materialisation of `<discovery>/<stage>` (plain values), if any."""
+    event = instance().get_latest_materialization_event(dg.AssetKey([discovery, stage]))
     if event is None or event.asset_materialization is None:
-        return None
-    link = event.asset_materialization.metadata.get("report")
-    return None if link is None else str(link.value)
+        return {}
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def changes(discovery: str) -> str:
+    """What the latest refit changed, as matched against the fit before it (one line), or '' after a first fit."""
+    meta = latest_metadata(discovery, "latent_factors")
+    if "identity_kept_share" not in meta:
+        return ""
+    return (
+        f"Since the last fit: {meta['identity_matched']} factors matched (their ids and names kept), "
+        f"{meta['identity_kept_share']:.0%} of properties kept their factor; new: {meta['identity_new']}; "
+        f"vanished: {meta['identity_vanished']}; split: {meta['identity_splits']}; merged: {meta['identity_merges']}"
+    )
 
 
 def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: int = 5) -> str:

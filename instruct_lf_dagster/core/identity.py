@@ -93,6 +93,22 @@ class Match:
         }
 
 
+def _in_pieces(groups: Membership, others: Membership) -> dict[int, list[int]]:
+    """Each factor of `groups` whose properties are now in two or more of `others`, each mostly made of them
+    (previous -> current: splits; current -> previous: merges)."""
+    found = {}
+    for a in sorted(groups):
+        pieces = [
+            b
+            for b in sorted(others)
+            if (n := len(groups[a].keys() & others[b].keys())) >= PIECE * len(groups[a])
+            and n >= MOSTLY * len(others[b])
+        ]
+        if len(pieces) > 1:
+            found[a] = pieces
+    return found
+
+
 def match(previous: Membership, current: Membership, min_overlap: float = MIN_OVERLAP) -> Match:
     """Match the factors of `current` to those of `previous` (both: id -> {member property: MI})."""
     old, now = sorted(previous), sorted(current)
@@ -103,31 +119,6 @@ def match(previous: Membership, current: Membership, min_overlap: float = MIN_OV
     for i, j in assign(gain):
         if gain[i, j] >= min_overlap:
             pairs[now[i]], overlaps[now[i]] = old[j], float(gain[i, j])
-    shared = {a: {b: len(previous[a].keys() & current[b].keys()) for b in now} for a in old}
-    splits = {
-        a: pieces
-        for a in old
-        if len(
-            pieces := [
-                b
-                for b in now
-                if shared[a][b] >= PIECE * len(previous[a]) and shared[a][b] >= MOSTLY * len(current[b])
-            ]
-        )
-        > 1
-    }
-    merges = {
-        b: pieces
-        for b in now
-        if len(
-            pieces := [
-                a
-                for a in old
-                if shared[a][b] >= PIECE * len(current[b]) and shared[a][b] >= MOSTLY * len(previous[a])
-            ]
-        )
-        > 1
-    }
     before = {p: a for a in old for p in previous[a]}
     after = {p: b for b in now for p in current[b]}
     common = before.keys() & after.keys()
@@ -137,7 +128,7 @@ def match(previous: Membership, current: Membership, min_overlap: float = MIN_OV
         overlaps=overlaps,
         new=[b for b in now if b not in pairs],
         vanished=[a for a in old if a not in pairs.values()],
-        splits=splits,
-        merges=merges,
+        splits=_in_pieces(previous, current),
+        merges=_in_pieces(current, previous),
         kept_share=kept / len(common) if common else 1.0,
     )
