@@ -101,7 +101,7 @@ class KeywordLLM:
     @property
     def proposal_calls(self) -> int:
         """Calls that asked for a document's properties (the others named factors)."""
-        return sum(not m[0]["content"].startswith("You name the latent factors") for m in self.requests)
+        return sum(not m[0]["content"].startswith("You name the latent ") for m in self.requests)
 
     def answer(self, messages):
         import json
@@ -110,7 +110,7 @@ class KeywordLLM:
 
         self.calls += 1
         self.requests.append(messages)
-        if messages[0]["content"].startswith("You name the latent factors"):  # naming: after its top property
+        if messages[0]["content"].startswith("You name the latent "):  # naming: after its top property
             top = messages[-1]["content"].split(": ", 1)[1].split(";")[0].split("\n")[0].strip()
             answer = {"name": f"All about {top}", "description": f"Documents where {top.lower()} stands out."}
             return litellm.completion(

@@ -315,7 +315,7 @@ def build(d: "Discovery") -> list:
         groups = {
             themes.ids[t]: [named[int(p)].name for p, _ in themes.members(t)] for t in themes.nonempty()
         }
-        theme_names, theme_usage = name_factors(client, d.to_goal(), groups, {})
+        theme_names, theme_usage = name_factors(client, d.to_goal(), groups, {}, themes=True)
         theme_named = {n.factor: n.name for n in theme_names}
         report = latent_factors.to_frame()
         report["name"] = report["factor"].map(lambda k: named[k].name).astype("string")

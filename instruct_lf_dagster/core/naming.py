@@ -32,17 +32,22 @@ class FactorName:
     fallback: bool = False
 
 
-def naming_messages(goal: Goal, properties: Sequence[str], documents: Sequence[str]) -> list[dict]:
+def naming_messages(
+    goal: Goal, properties: Sequence[str], documents: Sequence[str], themes: bool = False
+) -> list[dict]:
     """The request naming one factor: the goal, its top properties (highest mutual information first) and the
-    documents that score highest on it."""
+    documents that score highest on it; with `themes`, one theme: the names of its factors."""
+    unit, parts = ("theme", "factors") if themes else ("factor", "properties")
     system = (
-        f"You name the latent factors found in a collection of {goal.document_kind} texts. The goal: "
-        f"{goal.text.strip()} A factor is a group of properties that tend to occur together. Answer in JSON with "
-        'two keys: "name", a name of 2 to 6 words for the factor, and "description", one sentence on what the '
-        "factor captures and why it matters for the goal."
+        f"You name the latent {unit}s found in a collection of {goal.document_kind} texts. The goal: "
+        f"{goal.text.strip()} A {unit} is a group of {parts} that tend to occur together. Answer in JSON with "
+        f'two keys: "name", a name of 2 to 6 words for the {unit}, and "description", one sentence on what the '
+        f"{unit} captures and why it matters for the goal."
     )
-    shown = "\n".join(f"- {goal.clip(d)[:400]}" for d in documents)
-    user = f"Properties, most typical first: {'; '.join(properties)}\n\n{goal.document_kind.capitalize()}s that score highest:\n{shown}"
+    user = f"{parts.capitalize()}, most typical first: {'; '.join(properties)}"
+    if documents:
+        shown = "\n".join(f"- {goal.clip(d)[:400]}" for d in documents)
+        user += f"\n\n{goal.document_kind.capitalize()}s that score highest:\n{shown}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -72,12 +77,14 @@ def name_factors(
     documents: dict[int, Sequence[str]],
     top_properties: int = 10,
     previous: Mapping[int, tuple[Sequence[str], FactorName]] | None = None,
+    themes: bool = False,
 ) -> tuple[list[FactorName], object]:
     """Name every factor of `members` (factor id -> its properties, most informative first), shown with
     `documents[factor]`; one LLM call each (cached calls are free). Returns the names and the LLM usage.
 
     `previous`: factor id -> (members, name) of the earlier fit; a factor that kept its id (`core.identity`)
     keeps its name without a call while its members overlap the earlier ones by `KEEP_NAME` or more.
+    `themes`: name themes instead, each from the names of its factors (`members`).
     """
     kept = {}
     for k, props in members.items():
@@ -85,7 +92,9 @@ def name_factors(
         if name is not None and name.name and _jaccard(props, old) >= KEEP_NAME:
             kept[k] = FactorName(k, name.name, name.description, name.fallback)
     factors = sorted(set(members) - set(kept))
-    requests = [naming_messages(goal, members[k][:top_properties], documents.get(k, ())) for k in factors]
+    requests = [
+        naming_messages(goal, members[k][:top_properties], documents.get(k, ()), themes) for k in factors
+    ]
     completions, usage = client.complete(requests, response_format=RESPONSE_FORMAT)
     names = list(kept.values())
     for k, completion in zip(factors, completions, strict=True):
