@@ -233,6 +233,7 @@ def test_fit_linker_pairs_documents_with_their_vocabulary_properties(fake_linker
         "patience": 1,
         "val_fraction": 0.2,
         "seed": 5,
+        "mini_batch_size": 8,
         "max_seq_length": 64,
     }
     options["progress"](1, 0.5, None)

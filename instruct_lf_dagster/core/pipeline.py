@@ -75,6 +75,9 @@ class InstructLF:
     device: str = "cpu"
     threads: int | None = None  # CPU threads for CorEx; None: torch's default
     encode_batch_size: int = 64  # texts per encoder batch
+    # texts embedded at once with gradients while fine-tuning (the loss still sees every in-batch negative): on a
+    # CPU, 8 peaks at 1.6 GiB against 3.0 GiB for 32 (512 pairs at 256 tokens) and runs faster
+    linker_mini_batch_size: int = 8
     cache: EmbeddingCache = field(default_factory=EmbeddingCache, repr=False)
 
     # -- stages -------------------------------------------------------------------------------------------------
@@ -127,6 +130,7 @@ class InstructLF:
             patience=self.linker_patience,
             val_fraction=self.linker_val_fraction,
             seed=self.seed,
+            mini_batch_size=self.linker_mini_batch_size,
             max_seq_length=self.linker_seq_length,
             progress=progress or _log_epoch,
         )
