@@ -307,15 +307,30 @@ def build(d: "Discovery") -> list:
         examples = {ids[k]: texts for k, texts in examples.items()}
         members = {ids[k]: [p for p, _ in latent_factors.members(k)] for k in ranked}
         client = client_for(d, llm)
+
+        def progress(what: str):
+            def report(done: int, total: int) -> None:
+                if done == total or done % 5 == 0:
+                    context.log.info(f"{d.name}/factor_report: named {done} of {total} {what}")
+
+            return report
+
         names, usage = name_factors(
-            client, d.to_goal(), members, examples, previous=earlier_names(storage, d)
+            client,
+            d.to_goal(),
+            members,
+            examples,
+            previous=earlier_names(storage, d),
+            progress=progress("factors"),
         )
         named = {n.factor: n for n in names}
         theme_of = {int(p): themes.ids[t] for p, t in zip(themes.properties, themes.assignment, strict=True)}
         groups = {
             themes.ids[t]: [named[int(p)].name for p, _ in themes.members(t)] for t in themes.nonempty()
         }
-        theme_names, theme_usage = name_factors(client, d.to_goal(), groups, {}, themes=True)
+        theme_names, theme_usage = name_factors(
+            client, d.to_goal(), groups, {}, themes=True, progress=progress("themes")
+        )
         theme_named = {n.factor: n.name for n in theme_names}
         report = latent_factors.to_frame()
         report["name"] = report["factor"].map(lambda k: named[k].name).astype("string")

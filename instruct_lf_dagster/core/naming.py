@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from instruct_lf_dagster.core.proposals import Client, Goal, normalise_property
@@ -78,13 +78,15 @@ def name_factors(
     top_properties: int = 10,
     previous: Mapping[int, tuple[Sequence[str], FactorName]] | None = None,
     themes: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[FactorName], object]:
     """Name every factor of `members` (factor id -> its properties, most informative first), shown with
     `documents[factor]`; one LLM call each (cached calls are free). Returns the names and the LLM usage.
 
     `previous`: factor id -> (members, name) of the earlier fit; a factor that kept its id (`core.identity`)
     keeps its name without a call while its members overlap the earlier ones by `KEEP_NAME` or more.
-    `themes`: name themes instead, each from the names of its factors (`members`).
+    `themes`: name themes instead, each from the names of its factors (`members`). `progress(done, total)` is
+    called as answers arrive.
     """
     kept = {}
     for k, props in members.items():
@@ -95,7 +97,7 @@ def name_factors(
     requests = [
         naming_messages(goal, members[k][:top_properties], documents.get(k, ()), themes) for k in factors
     ]
-    completions, usage = client.complete(requests, response_format=RESPONSE_FORMAT)
+    completions, usage = client.complete(requests, response_format=RESPONSE_FORMAT, progress=progress)
     names = list(kept.values())
     for k, completion in zip(factors, completions, strict=True):
         parsed = parse_name(completion.text) if completion.error is None else None
