@@ -39,6 +39,10 @@ class ScriptedClient:
             'Sure! ```json\n{"name": "slow support replies", "description": "Waiting."}\n```',
             ("Slow support replies", "Waiting."),
         ),
+        (
+            '{"name": "Long winded", "description": "The first sentence. Then e.g. more and more."}',
+            ("Long winded", "The first sentence."),
+        ),
         ('{"name": "Billing", "description": "one word is not a name"}', None),
         ('{"name": "A name that goes on far too long to read", "description": ""}', None),
         ('{"name": 42}', None),

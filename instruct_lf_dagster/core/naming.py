@@ -66,7 +66,9 @@ def parse_name(text: str | None) -> tuple[str, str] | None:
     if name is None or not 2 <= len(name.split()) <= 6:
         return None
     description = answer.get("description")
-    description = " ".join(description.split())[:MAX_DESCRIPTION] if isinstance(description, str) else ""
+    # One sentence was asked for: small models go on, so the first is kept.
+    description = " ".join(description.split()) if isinstance(description, str) else ""
+    description = re.split(r"(?<=[.!?])\s", description, maxsplit=1)[0][:MAX_DESCRIPTION]
     return name, description
 
 
