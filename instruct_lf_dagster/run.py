@@ -94,8 +94,10 @@ def changes(discovery: str) -> str:
     meta = latest_metadata(discovery, "latent_factors")
     if "identity_kept_share" not in meta:
         return ""
+    kept = latest_metadata(discovery, "factor_report").get("names_kept", "?")
     return (
-        f"Since the last fit: {meta['identity_matched']} factors matched (their ids and names kept), "
+        f"Since the last fit: {meta['identity_matched']} factors matched (ids kept; {kept} names kept, the others "
+        "renamed as their members moved), "
         f"{meta['identity_kept_share']:.0%} of properties kept their factor; new: {meta['identity_new']}; "
         f"vanished: {meta['identity_vanished']}; split: {meta['identity_splits']}; merged: {meta['identity_merges']}"
     )

@@ -105,6 +105,18 @@ def test_fit_factors_counts_factors_from_the_properties_when_not_set():
     assert InstructLF(max_iter=20).fit_factors(x, properties).n_factors == auto_factors(24) == 3
 
 
+def test_an_automatic_factor_count_stays_while_the_vocabulary_grows_a_little():
+    x = np.hstack([planted(), planted(seed=1)])  # 24 properties -> 3 factors
+    previous = InstructLF(n_factors=4, max_iter=20).fit_factors(x, [f"p{j}" for j in range(24)])
+    model = InstructLF(max_iter=20)
+    # auto 3 is within a quarter of 4: the refit keeps 4 (and warm-starts); far from it, auto wins
+    assert model.fit_factors(x, [f"p{j}" for j in range(24)], previous=previous).n_factors == 4
+    far = InstructLF(n_factors=8, max_iter=20).fit_factors(x, [f"p{j}" for j in range(24)])
+    assert model.fit_factors(x, [f"p{j}" for j in range(24)], previous=far).n_factors == 3
+    cold = dataclasses.replace(model, warm_start=False)
+    assert cold.fit_factors(x, [f"p{j}" for j in range(24)], previous=previous).n_factors == 3
+
+
 def test_fit_factors_refuses_a_matrix_of_another_width():
     with pytest.raises(ValueError, match="one column per property"):
         InstructLF(n_factors=2).fit_factors(planted(), PROPERTIES[:-1])

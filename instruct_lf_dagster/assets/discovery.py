@@ -315,14 +315,11 @@ def build(d: "Discovery") -> list:
 
             return report
 
+        earlier = earlier_names(storage, d)
         names, usage = name_factors(
-            client,
-            d.to_goal(),
-            members,
-            examples,
-            previous=earlier_names(storage, d),
-            progress=progress("factors"),
+            client, d.to_goal(), members, examples, previous=earlier, progress=progress("factors")
         )
+        kept = sum(n.factor in earlier and earlier[n.factor][1].name == n.name for n in names)
         named = {n.factor: n for n in names}
         theme_of = {int(p): themes.ids[t] for p, t in zip(themes.properties, themes.assignment, strict=True)}
         groups = {
@@ -361,6 +358,7 @@ def build(d: "Discovery") -> list:
                 "goal": d.goal,
                 "factors": len(ranked),
                 "themes": len(theme_names),
+                "names_kept": kept,
                 "named_by_llm": sum(not n.fallback for n in names),
                 "fallback_names": ", ".join(str(n.factor) for n in names if n.fallback) or "none",
                 **{f"naming_{key}": value for key, value in (usage + theme_usage).as_metadata().items()},

@@ -183,6 +183,18 @@ class InstructLF:
         corex, warm = self._corex(stats.n, properties, previous)
         return Factors(corex.fit_statistics(stats, warm_start=warm), properties)
 
+    def _auto_factors(self, n_properties: int, previous: Factors | None) -> int:
+        """`auto_factors`, except that a refit keeps the last fit's count while it is within a quarter of it, so
+        that a batch or two more neither restarts CorEx cold nor reshuffles the factors."""
+        count = auto_factors(n_properties)
+        if (
+            self.warm_start
+            and previous is not None
+            and abs(count - previous.n_factors) <= previous.n_factors / 4
+        ):
+            return previous.n_factors
+        return count
+
     def fit_themes(self, stats: CorexStatistics, factor_ids: Sequence[int]) -> Factors:
         """The second layer (the paper's stacking): Linear CorEx over the documents' factor strengths groups
         factors into themes. `stats`: statistics of the strengths of the factors `factor_ids` (in that column
@@ -203,7 +215,7 @@ class InstructLF:
         """The unfitted Linear CorEx (the one place it is built: factors, and themes over factors) and its warm
         start, if any. Themes are fitted from statistics, so always with l1 = 0."""
         themes = n_factors is not None
-        n_factors = n_factors or self.n_factors or auto_factors(len(properties))
+        n_factors = n_factors or self.n_factors or self._auto_factors(len(properties), previous)
         warm = (
             previous.warm_start(properties)
             if self.warm_start and previous is not None and previous.n_factors == n_factors
