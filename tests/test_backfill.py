@@ -32,7 +32,7 @@ pytestmark = [
 ]
 
 ROOT = "INSTRUCT_LF_TEST_BACKFILL_ROOT"  # the test's folder, where the code location finds inbox and tables
-TIMEOUT = 240.0  # seconds for the whole test, daemon start to the last backfill
+TIMEOUT = 600.0  # seconds for the whole test, daemon start to the last backfill (a hang, not a timing)
 
 INSTANCE = """telemetry:
   enabled: false
