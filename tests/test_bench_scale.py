@@ -20,6 +20,7 @@ def test_planted_documents_name_properties_of_one_to_three_factors():
     factor = dict(zip(planted.properties, planted.factor, strict=True))
     texts, proposals = corpus(planted, 200, seed=1)
     assert len(texts) == len(proposals) == 200
+    assert len(texts[0].split()) > 100 > len(texts[1].split())  # every tenth document is long
     for text, props in zip(texts, proposals, strict=True):
         assert all(p in text for p in props)
         assert 1 <= len({factor[p] for p in props}) <= 3
@@ -27,7 +28,7 @@ def test_planted_documents_name_properties_of_one_to_three_factors():
 
 @pytest.mark.integration  # two fresh processes each materialise the whole graph (MiniLM, DuckDB)
 def test_tiny_run_recovers_the_planted_factors(capsys):
-    cli.main(["bench", "scale", "--docs", "300", "--props", "60", "--batches", "3"])
+    cli.main(["bench", "scale", "--docs", "300", "--props", "60", "--batches", "3", "--linker-pairs", "64"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result) == {
         "docs",
