@@ -26,6 +26,12 @@ from instruct_lf_dagster.resources.storage import LocalStorage, S3Storage, Stora
 DEFS_MODULE = "instruct_lf_dagster.defs"
 
 
+def ray_address() -> str:
+    """Where the per-batch work runs: INSTRUCT_LF_RAY_ADDRESS ('' or unset: in process; 'local': a Ray cluster
+    started on this machine; else a Ray cluster's address)."""
+    return os.environ.get("INSTRUCT_LF_RAY_ADDRESS", "").strip()
+
+
 def local_resources() -> dict:
     """Embedded defaults: DuckDB and files under the data directory, the local llama.cpp model, CPU."""
     storage = LocalStorage()
@@ -35,7 +41,7 @@ def local_resources() -> dict:
         "inbox": LocalInbox(),
         # About 2.5 minutes of the embedded model per batch on 2 cores; the linker scores every document.
         "llm": LLMResource(max_documents_per_batch=64),
-        "compute": ComputeResource(device="cpu"),
+        "compute": ComputeResource(device="cpu", ray_address=ray_address()),
     }
 
 
@@ -54,7 +60,7 @@ def prod_resources() -> dict:
             api_key=dg.EnvVar("INSTRUCT_LF_LLM_API_KEY"),
             max_documents_per_batch=int(os.environ.get("INSTRUCT_LF_MAX_PROPOSALS_PER_BATCH", "500")),
         ),
-        "compute": ComputeResource(device="auto"),
+        "compute": ComputeResource(device="auto", ray_address=ray_address()),
     }
 
 

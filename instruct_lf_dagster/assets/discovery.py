@@ -10,7 +10,6 @@ import pandas as pd
 from instruct_lf_dagster.assets import display
 from instruct_lf_dagster.assets.matrix import read
 from instruct_lf_dagster.assets.proposals import client_for
-from instruct_lf_dagster.core.corex import CorexStatistics
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.core.naming import FactorName, name_factors
@@ -171,18 +170,14 @@ def build(d: "Discovery") -> list:
         table = d.key("compatibility").to_python_identifier()
         keys = context.instance.get_dynamic_partitions(batches.name)
 
-        def rows():
-            for key in keys:
-                part = read(storage, table, key, len(vocabulary))
-                if part is not None:
-                    yield part[1]
+        def rows(key: str) -> np.ndarray | None:
+            part = read(storage, table, key, len(vocabulary))
+            return None if part is None else part[1]
 
         # A refit after new data starts from the last weights: known properties keep their columns.
         previous = storage.load_artefact(d.key("latent_factors").to_python_identifier())
         if method.l1 == 0:
-            stats = CorexStatistics(len(vocabulary))
-            for part in rows():
-                stats.update(part)
+            stats = compute.statistics(keys, rows, len(vocabulary))  # batch by batch, here or on Ray
             n = stats.n
             if n < 2:
                 raise dg.Failure(
@@ -193,7 +188,8 @@ def build(d: "Discovery") -> list:
             context.log.warning(
                 f"{d.name}: l1 = {method.l1} fits on the rows themselves: every batch in memory"
             )
-            x = np.concatenate(list(rows()) or [np.zeros((0, len(vocabulary)), np.float32)])
+            parts = [part for part in map(rows, keys) if part is not None]
+            x = np.concatenate(parts or [np.zeros((0, len(vocabulary)), np.float32)])
             n = len(x)
             factors = method.fit_factors(x, vocabulary.properties, previous=previous)
         factors, found = factors.aligned_to(previous)
@@ -257,11 +253,13 @@ def build(d: "Discovery") -> list:
         paper's stacking), from statistics summed batch by batch. Its "properties" are the factor ids."""
         rows = latent_factors.ranked()
         table = d.key("compatibility").to_python_identifier()
-        stats = CorexStatistics(len(rows))
-        for key in context.instance.get_dynamic_partitions(batches.name):
+
+        def strengths(key: str) -> np.ndarray | None:
             part = read(storage, table, key, len(latent_factors.properties))
-            if part is not None:
-                stats.update(latent_factors.strengths(part[1])[:, rows])
+            return None if part is None else latent_factors.strengths(part[1])[:, rows]
+
+        keys = context.instance.get_dynamic_partitions(batches.name)
+        stats = compute.statistics(keys, strengths, len(rows))
         if stats.n < 2 or not rows:
             raise dg.Failure(f"{stats.n} scored documents, {len(rows)} factors: nothing to group into themes")
         fitted = d.method(**compute.settings()).fit_themes(stats, [latent_factors.ids[k] for k in rows])

@@ -70,6 +70,7 @@ def build(d: "Discovery") -> list:
         cache_path = data_dir() / f"embedding_cache_{d.name}.npz"
         cache = EmbeddingCache.load(cache_path) if cache_path.exists() else EmbeddingCache()
         table = d.key("compatibility").to_python_identifier()
+        encode = compute.document_encoder(linker)  # None: here; else an actor pool on the Ray cluster
         documents, non_finite, low, high, total = 0, 0, np.inf, -np.inf, 0.0
         for batch in context.partition_keys:
             rows = storage.read_table(DOCUMENTS.to_python_identifier(), [batch])
@@ -84,6 +85,7 @@ def build(d: "Discovery") -> list:
                 vocabulary.properties,
                 batch_size=compute.encode_batch_size,
                 cache=cache,
+                encode_documents=encode,
             )
             storage.write_table(table, matrix_row(batch, rows["document_id"].tolist(), matrix), [batch])
             finite = np.isfinite(matrix)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +18,7 @@ import numpy as np
 from instruct_lf_dagster.core.linker import Linker
 
 Kind = Literal["document", "property"]
+Encode = Callable[[list[str]], np.ndarray]  # texts -> their normalised embeddings, one row each
 
 
 def text_key(text: str) -> str:
@@ -78,9 +79,13 @@ def encode_cached(
     kind: Kind = "document",
     cache: EmbeddingCache | None = None,
     batch_size: int | None = None,
+    encode: Encode | None = None,
 ) -> np.ndarray:
     """Normalised float32 embeddings of `texts`, one row each; only texts absent from `cache` are encoded,
-    each unique text once (`batch_size` None: the linker's default for the kind)."""
+    each unique text once (`batch_size` None: the linker's default for the kind).
+
+    `encode`: what encodes the missing texts (e.g. an actor pool on a Ray cluster); default: the linker here.
+    """
     store = cache.vectors(linker.fingerprint) if cache is not None else {}
     keys = [text_key(text) for text in texts]
     missing: dict[str, str] = {}
@@ -88,9 +93,13 @@ def encode_cached(
         if key not in store:
             missing.setdefault(key, text)
     if missing:
-        encode = linker.encode_documents if kind == "document" else linker.encode_properties
-        options = {} if batch_size is None else {"batch_size": batch_size}
-        store.update(zip(missing, encode(list(missing.values()), **options), strict=True))
+        if encode is None:
+            here = linker.encode_documents if kind == "document" else linker.encode_properties
+            options = {} if batch_size is None else {"batch_size": batch_size}
+            vectors = here(list(missing.values()), **options)
+        else:
+            vectors = encode(list(missing.values()))
+        store.update(zip(missing, vectors, strict=True))
     if not keys:
         return np.zeros((0, linker.dimension), dtype=np.float32)
     return np.stack([store[key] for key in keys])
@@ -104,14 +113,15 @@ def compatibility(
     batch_size: int = 64,
     block_rows: int = 4096,
     cache: EmbeddingCache | None = None,
+    encode_documents: Encode | None = None,
 ) -> np.ndarray:
     """The N x P float32 matrix of cosines between document and property embeddings.
 
     `batch_size` is the number of documents per encoder batch (properties, being short, use the
     linker's larger default); the product is written block by block into the result, with no
-    temporaries larger than `block_rows` rows.
+    temporaries larger than `block_rows` rows. `encode_documents`: see `encode_cached`.
     """
-    document_vectors = encode_cached(linker, documents, "document", cache, batch_size)
+    document_vectors = encode_cached(linker, documents, "document", cache, batch_size, encode_documents)
     property_vectors = np.ascontiguousarray(encode_cached(linker, properties, "property", cache).T)
     matrix = np.empty((len(documents), len(properties)), dtype=np.float32)
     for start in range(0, len(documents), block_rows):

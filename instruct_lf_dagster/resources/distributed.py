@@ -1,0 +1,186 @@
+"""The per-batch work on a Ray cluster: documents encoded by a pool of linker actors (Ray Data), and the
+Linear CorEx statistics of each batch computed by tasks and summed on the driver.
+
+Imported only when a Ray address is set (the `ray` extra): the local default never needs Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from instruct_lf_dagster.core.corex import CorexStatistics
+from instruct_lf_dagster.core.linker import Linker
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_CALL = 256  # documents per actor call: spreads a batch over the pool, amortises the call
+CONNECT_TIMEOUT = (
+    10.0  # seconds to reach the cluster's port before giving up (ray.init itself retries for minutes)
+)
+
+ReadRows = Callable[[str], "np.ndarray | None"]  # a batch key -> its compatibility rows (None: no rows)
+
+
+def connect(address: str, cpus: int) -> bool:
+    """Connect this process to the Ray cluster at `address`; 'local' starts one here on `cpus` CPUs.
+
+    Returns whether Ray was started or connected by this call (False: already connected). A cluster that
+    cannot be reached raises ConnectionError naming the address.
+    """
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError(
+            f"a Ray address is set ({address!r}) but Ray is not installed: pip install 'instruct-lf-dagster[ray]'"
+        ) from error
+    if ray.is_initialized():
+        return False
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address == "local":
+        ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+    else:
+        reachable(address)
+        try:
+            ray.init(address=address, **quiet)
+        except Exception as error:  # Ray raises several kinds (ConnectionError, RuntimeError, gRPC errors)
+            raise ConnectionError(f"cannot connect to the Ray cluster at {address!r}: {error}") from error
+    from ray.data import DataContext
+
+    # Progress goes to the run's log (see `encode`); Ray Data's own bars and info lines would bury it.
+    DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return True
+
+
+def reachable(address: str) -> None:
+    """Raise ConnectionError naming the address when nothing listens at its host:port ('auto' is left to Ray)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except (OSError, ValueError) as error:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} (INSTRUCT_LF_RAY_ADDRESS): {error}"
+        ) from error
+
+
+def disconnect() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+class _Encoder:
+    """One actor of the pool: a copy of the linker, loaded once and kept across calls and batches."""
+
+    def __init__(self, linker: Linker, batch_size: int, threads: int, device: str) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)
+        if isinstance(linker, ray.ObjectRef):
+            linker = ray.get(linker)
+        if device != linker.device:
+            linker = Linker(
+                linker.model,
+                truncation=linker.truncation,
+                max_seq_length=linker.max_seq_length,
+                device=device,
+            )
+        self.linker, self.batch_size = linker, batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        vectors = self.linker.encode_documents(batch["text"].tolist(), batch_size=self.batch_size)
+        return {"row": batch["row"], "vector": vectors}
+
+
+def encode(linker: Linker, texts: Sequence[str], *, batch_size: int, cpus_per_actor: int) -> np.ndarray:
+    """Document embeddings of `texts` (one row each, in order) from an actor pool on the connected cluster.
+
+    One actor per GPU when the cluster has GPUs, else one per `cpus_per_actor` CPUs. An actor that dies is
+    restarted by Ray and its calls are run again, so a lost worker costs time, not the batch.
+    """
+    import pandas as pd
+    import ray
+
+    if not len(texts):
+        return np.zeros((0, linker.dimension), dtype=np.float32)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    calls = -(-len(texts) // ROWS_PER_CALL)
+    actors = min(calls, gpus or max(1, int(resources.get("CPU", 1)) // cpus_per_actor))
+    frames = [
+        pd.DataFrame(
+            {
+                "row": np.arange(start, min(start + ROWS_PER_CALL, len(texts))),
+                "text": texts[start:][:ROWS_PER_CALL],
+            }
+        )
+        for start in range(0, len(texts), ROWS_PER_CALL)
+    ]
+    linker_ref = ray.put(linker)  # one copy in the object store, shared by every actor
+    dataset = ray.data.from_pandas(frames).map_batches(
+        _Encoder,
+        fn_constructor_kwargs={
+            "linker": linker_ref,
+            "batch_size": batch_size,
+            "threads": cpus_per_actor,
+            "device": "cuda" if gpus else "cpu",
+        },
+        batch_size=ROWS_PER_CALL,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=0 if gpus else cpus_per_actor,
+        num_gpus=1 if gpus else 0,
+        max_restarts=-1,  # a killed actor is replaced ...
+        max_task_retries=-1,  # ... and its calls are run again
+    )
+    vectors = np.empty((len(texts), linker.dimension), dtype=np.float32)
+    done, reported = 0, 0
+    for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+        vectors[batch["row"]] = batch["vector"]
+        done += len(batch["row"])
+        if done - reported >= len(texts) / 10 or done == len(texts):
+            log.info("ray: encoded %d/%d documents on %d actor(s)", done, len(texts), actors)
+            reported = done
+    if done != len(texts):
+        raise RuntimeError(f"the Ray pool returned {done} of {len(texts)} document embeddings")
+    return vectors
+
+
+def _batch_statistics(read: ReadRows, key: str, p: int) -> CorexStatistics:
+    rows = read(key)
+    return CorexStatistics(p) if rows is None else CorexStatistics.of([rows])
+
+
+def statistics(keys: Sequence[str], read: ReadRows, p: int, in_flight: int = 0) -> CorexStatistics:
+    """The summed Linear CorEx statistics of every batch in `keys`, each batch's computed by a Ray task that
+    reads its rows from storage. Summed in key order, as in process; at most `in_flight` results (0: two per
+    CPU) wait on the driver, so memory stays bounded whatever the number of batches."""
+    import ray
+
+    task = ray.remote(max_retries=3)(_batch_statistics)  # a task on a lost worker runs again
+    read_ref = ray.put(read)
+    in_flight = in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    total, pending = CorexStatistics(p), deque()
+    for key in keys:
+        pending.append(task.remote(read_ref, key, p))
+        if len(pending) >= in_flight:
+            total = total.merge(ray.get(pending.popleft()))
+    while pending:
+        total = total.merge(ray.get(pending.popleft()))
+    return total
+
+
+def batch_statistics_here(keys: Sequence[str], read: ReadRows, p: int) -> CorexStatistics:
+    """`statistics` in this process: the same per-batch statistics, summed in the same order."""
+    total = CorexStatistics(p)
+    for key in keys:
+        total = total.merge(_batch_statistics(read, key, p))
+    return total
