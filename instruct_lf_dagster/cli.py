@@ -18,6 +18,7 @@ BENCHMARKS = {
     "compatibility": "instruct_lf_dagster.bench.compatibility",
     "llm": "instruct_lf_dagster.bench.llm",
     "scale": "instruct_lf_dagster.bench.scale",
+    "ray": "instruct_lf_dagster.bench.ray",
 }
 EVALUATIONS = {
     "inspired": "instruct_lf_dagster.evaluation.inspired",

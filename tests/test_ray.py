@@ -140,5 +140,7 @@ def test_an_unreachable_cluster_fails_the_run_naming_the_address(tmp_path, keywo
     resources["compute"] = ComputeResource(device="cpu", ray_address=address)
     result = run(resources, instance, keys, raise_on_error=False)
     assert not result.success
-    failures = [str(e.event_specific_data) for e in result.all_events if e.is_failure or e.is_resource_init_failure]
+    failures = [
+        str(e.event_specific_data) for e in result.all_events if e.is_failure or e.is_resource_init_failure
+    ]
     assert failures and all(address in f and "Ray cluster" in f for f in failures), failures

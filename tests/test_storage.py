@@ -131,3 +131,19 @@ def test_a_partitioned_table_stored_whole_in_duckdb_moves_to_files(tmp_path):
     both = storage.read_table("docs", ["a", "b"]).sort_values("document_id")
     assert both["document_id"].tolist() == ["a-0", "a-1", "b-0", "b-1"]
     np.testing.assert_array_equal(both["compatibility"].iloc[2], np.full(3, 5, dtype=np.float32))
+
+
+def test_a_storage_travels_to_another_process_as_its_settings(storage):
+    import pickle
+
+    import cloudpickle
+    import dagster as dg
+
+    storage.write_table("t", pd.DataFrame({"batch": ["b1"], "x": [1]}), ["b1"])
+    with dg.build_resources({"storage": storage}) as resources:
+        in_run = resources.storage  # holds the run's context, which does not pickle
+        with pytest.raises(Exception, match="pickle"):
+            cloudpickle.dumps(in_run)
+        opened = pickle.loads(cloudpickle.dumps(in_run.portable())).open()
+    assert type(opened) is type(storage) and opened.describe() == storage.describe()
+    assert opened.read_table("t", ["b1"])["x"].tolist() == [1]

@@ -170,8 +170,10 @@ def build(d: "Discovery") -> list:
         table = d.key("compatibility").to_python_identifier()
         keys = context.instance.get_dynamic_partitions(batches.name)
 
+        source = storage.portable()  # `rows` may run on a Ray worker
+
         def rows(key: str) -> np.ndarray | None:
-            part = read(storage, table, key, len(vocabulary))
+            part = read(source.open(), table, key, len(vocabulary))
             return None if part is None else part[1]
 
         # A refit after new data starts from the last weights: known properties keep their columns.
@@ -254,8 +256,10 @@ def build(d: "Discovery") -> list:
         rows = latent_factors.ranked()
         table = d.key("compatibility").to_python_identifier()
 
+        source = storage.portable()  # `strengths` may run on a Ray worker
+
         def strengths(key: str) -> np.ndarray | None:
-            part = read(storage, table, key, len(latent_factors.properties))
+            part = read(source.open(), table, key, len(latent_factors.properties))
             return None if part is None else latent_factors.strengths(part[1])[:, rows]
 
         keys = context.instance.get_dynamic_partitions(batches.name)

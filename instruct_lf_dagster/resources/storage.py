@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -94,6 +95,29 @@ class Storage(dg.ConfigurableResource):
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def portable(self) -> "Portable":
+        """This storage as its settings, which pickle (the run's context does not): a Ray worker opens it."""
+        return Portable.of(self)
+
+
+@dataclass(frozen=True)
+class Portable:
+    """A resource as its class and settings; `open()` builds it again, in any process."""
+
+    kind: type
+    settings: dict
+
+    @classmethod
+    def of(cls, resource: dg.ConfigurableResource) -> "Portable":
+        values = {name: getattr(resource, name) for name in type(resource).model_fields}
+        return cls(
+            type(resource),
+            {k: cls.of(v) if isinstance(v, dg.ConfigurableResource) else v for k, v in values.items()},
+        )
+
+    def open(self):
+        return self.kind(**{k: v.open() if isinstance(v, Portable) else v for k, v in self.settings.items()})
 
 
 def _present_batches(df: pd.DataFrame, batches: Sequence[str] | None, name: str) -> list[str] | None:
