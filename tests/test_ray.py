@@ -32,11 +32,11 @@ ENCODER = "MapWorker(MapBatches(_Encoder))"  # the process title Ray gives the e
 @pytest.fixture(scope="module")
 def ray_cluster():
     """`ray start --head` on 127.0.0.1 with 2 CPUs, in its own process group; yields its address."""
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     ray_cli = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [
-            str(ray_cli), "start", "--head", "--block", "--num-cpus=2", f"--port={port}",
+            str(ray_cli), "start", "--head", "--block", "--num-cpus=2", f"--port={port}", f"--ray-client-server-port={client_port}",
             "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
         ],
         # A cluster on loopback for one test module: no token (production clusters keep Ray's token auth).
@@ -57,7 +57,7 @@ def ray_cluster():
             if head.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the Ray head did not start (exit code {head.poll()})") from None
             time.sleep(1)
-    yield address
+    yield address, f"ray://127.0.0.1:{client_port}"
     os.killpg(head.pid, signal.SIGTERM)  # --block: the head stops every process it started
     head.wait(60)
 
@@ -86,7 +86,7 @@ def test_two_batches_on_ray_give_the_rows_and_factors_of_the_run_in_process(
     keys = write_batches(tmp_path / "inbox", count=2)
     instance.add_dynamic_partitions(batches.name, keys)
     results = {}
-    for where, address in (("here", ""), ("ray", ray_cluster)):
+    for where, address in (("here", ""), ("ray", ray_cluster[0])):
         resources = local_resources(tmp_path / where)
         resources["inbox"] = LocalInbox(path=str(tmp_path / "inbox"))
         resources["compute"] = ComputeResource(device="cpu", encode_batch_size=16, ray_address=address)
@@ -109,7 +109,7 @@ def test_two_batches_on_ray_give_the_rows_and_factors_of_the_run_in_process(
 def test_a_killed_encoder_actor_is_replaced_and_no_document_is_lost(ray_cluster):
     texts = [f"review {i}: a {'slow' if i % 3 else 'funny'} film with a brilliant actor" for i in range(6000)]
     linker = Linker()
-    compute = ComputeResource(device="cpu", ray_address=ray_cluster)
+    compute = ComputeResource(device="cpu", ray_address=ray_cluster[0])
     killed: list[int] = []
     done = threading.Event()
 
@@ -129,6 +129,17 @@ def test_a_killed_encoder_actor_is_replaced_and_no_document_is_lost(ray_cluster)
         killer.join()
         compute.teardown_after_execution(None)
     assert killed, "no encoder actor was seen to kill"
+    np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
+
+
+def test_a_ray_client_connection_encodes_in_a_task_on_the_cluster(ray_cluster):
+    texts = [f"a {'slow' if i % 2 else 'funny'} film, number {i}" for i in range(300)]
+    linker = Linker()
+    compute = ComputeResource(device="cpu", ray_address=ray_cluster[1])
+    try:
+        vectors = compute.document_encoder(linker)(texts)
+    finally:
+        compute.teardown_after_execution(None)
     np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
 
 

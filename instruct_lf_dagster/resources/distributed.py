@@ -107,11 +107,22 @@ def encode(linker: Linker, texts: Sequence[str], *, batch_size: int, cpus_per_ac
     One actor per GPU when the cluster has GPUs, else one per `cpus_per_actor` CPUs. An actor that dies is
     restarted by Ray and its calls are run again, so a lost worker costs time, not the batch.
     """
-    import pandas as pd
     import ray
 
     if not len(texts):
         return np.zeros((0, linker.dimension), dtype=np.float32)
+    if ray.util.client.ray.is_connected():
+        # Ray Data runs only where the driver is a cluster process: over Ray Client, the pipeline runs in a task.
+        log.info("ray: encoding %d documents in a task on the cluster (Ray Client)", len(texts))
+        task = ray.remote(num_cpus=0)(_encode)
+        return ray.get(task.remote(linker, list(texts), batch_size, cpus_per_actor))
+    return _encode(linker, texts, batch_size, cpus_per_actor)
+
+
+def _encode(linker: Linker, texts: Sequence[str], batch_size: int, cpus_per_actor: int) -> np.ndarray:
+    import pandas as pd
+    import ray
+
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     calls = -(-len(texts) // ROWS_PER_CALL)
@@ -120,7 +131,7 @@ def encode(linker: Linker, texts: Sequence[str], *, batch_size: int, cpus_per_ac
         pd.DataFrame(
             {
                 "row": np.arange(start, min(start + ROWS_PER_CALL, len(texts))),
-                "text": texts[start:][:ROWS_PER_CALL],
+                "text": texts[start : start + ROWS_PER_CALL],
             }
         )
         for start in range(0, len(texts), ROWS_PER_CALL)
