@@ -127,7 +127,7 @@ def test_a_killed_encoder_actor_is_replaced_and_no_document_is_lost(ray_cluster)
     finally:
         done.set()
         killer.join()
-        compute.teardown_after_execution(None)
+        compute.disconnect()
     assert killed, "no encoder actor was seen to kill"
     np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
 
@@ -139,7 +139,7 @@ def test_a_ray_client_connection_encodes_in_a_task_on_the_cluster(ray_cluster):
     try:
         vectors = compute.document_encoder(linker)(texts)
     finally:
-        compute.teardown_after_execution(None)
+        compute.disconnect()
     np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
 
 

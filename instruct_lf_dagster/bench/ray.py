@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> dict:
         on_ray = compatibility(linker, documents, properties, cache=EmbeddingCache(), encode_documents=encode)
         ray_seconds = time.perf_counter() - started
     finally:
-        compute.teardown_after_execution(None)
+        compute.disconnect()
 
     actors = max(1, cpus // compute.ray_cpus_per_actor)
     result = {

@@ -63,6 +63,10 @@ class ComputeResource(dg.ConfigurableResource):
             distributed.reachable(self.ray_address)  # fail the step now, naming the address, not mid-batch
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.disconnect()
+
+    def disconnect(self) -> None:
+        """Leave the Ray cluster, if this resource joined it (a cluster it started stops)."""
         if self._ray_connected:
             distributed.disconnect()
             self._ray_connected = False
