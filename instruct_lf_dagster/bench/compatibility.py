@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from instruct_lf_dagster.bench import report
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "inspired"
 
 _WORDS = (
@@ -222,8 +224,4 @@ def main(args: argparse.Namespace) -> dict:
         ("max |project - limit|", f"{float(np.abs(matrix - limit_matrix).max()):.2e}"),
         ("max |project - loop| (sample)", f"{loop_error:.2e}"),
     ]
-    width = max(len(name) for name, _ in table)
-    for name, value in table:
-        print(f"{name:<{width}}  {value}")
-    print(json.dumps(result))
-    return result
+    return report(table, result)

@@ -10,13 +10,13 @@ properties as `bench compatibility` (INSPIRED dialogues and recorded proposals w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from instruct_lf_dagster.bench import report
 from instruct_lf_dagster.bench.compatibility import DEFAULT_DATA, build_texts
 
 
@@ -78,8 +78,4 @@ def main(args: argparse.Namespace) -> dict:
         ("documents/s per CPU actor", f"{result['docs_per_second_per_cpu_actor']:.2f}"),
         ("max |Ray - in process| (target <= 1e-5)", f"{result['max_abs_diff']:.2e}"),
     ]
-    width = max(len(name) for name, _ in table)
-    for name, value in table:
-        print(f"{name:<{width}}  {value}")
-    print(json.dumps(result))
-    return result
+    return report(table, result)
