@@ -155,3 +155,19 @@ def test_an_unreachable_cluster_fails_the_run_naming_the_address(tmp_path, keywo
         str(e.event_specific_data) for e in result.all_events if e.is_failure or e.is_resource_init_failure
     ]
     assert failures and all(address in f and "Ray cluster" in f for f in failures), failures
+
+
+def test_bench_ray_times_both_and_the_rows_agree(tmp_path, capsys):
+    import argparse
+    import json
+
+    from instruct_lf_dagster.bench import ray as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    result = bench.main(
+        parser.parse_args(["--docs", "300", "--props", "20", "--cpus", "2", "--data", str(tmp_path)])
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["docs"] == 300 and result["in_process_seconds"] > 0 and result["ray_seconds"] > 0
+    assert result["max_abs_diff"] <= 1e-5

@@ -42,7 +42,8 @@ def connect(address: str, cpus: int) -> bool:
         return False
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address == "local":
-        ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+        # address="local": always a new cluster, never one a stale /tmp/ray/ray_current_cluster points at
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
     else:
         reachable(address)
         try:
@@ -53,7 +54,7 @@ def connect(address: str, cpus: int) -> bool:
 
     # Progress goes to the run's log (see `encode`); Ray Data's own bars and info lines would bury it.
     DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     return True
 
 
