@@ -138,7 +138,9 @@ def _encode(linker: Linker, texts: Sequence[str], batch_size: int, cpus_per_acto
         for start in range(0, len(texts), ROWS_PER_CALL)
     ]
     linker_ref = ray.put(linker)  # one copy in the object store, shared by every actor
-    dataset = ray.data.from_pandas(frames).map_batches(
+    dataset = ray.data.from_pandas(
+        frames
+    ).map_batches(
         _Encoder,
         fn_constructor_kwargs={
             "linker": linker_ref,
@@ -150,9 +152,7 @@ def _encode(linker: Linker, texts: Sequence[str], batch_size: int, cpus_per_acto
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=0 if gpus else cpus_per_actor,
         num_gpus=1 if gpus else 0,
-        max_restarts=-1,  # a killed actor is replaced ...
-        max_task_retries=-1,  # ... and its calls are run again
-    )
+    )  # Ray Data's actor pools replace a dead actor and run its calls again (max_restarts = max_task_retries = -1)
     vectors = np.empty((len(texts), linker.dimension), dtype=np.float32)
     done, reported = 0, 0
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
