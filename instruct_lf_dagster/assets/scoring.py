@@ -88,6 +88,8 @@ def build(d: "Discovery") -> list:
                 encode_documents=encode,
             )
             storage.write_table(table, matrix_row(batch, rows["document_id"].tolist(), matrix), [batch])
+            where = f"on the Ray cluster at {compute.ray_address}" if encode else "in process"
+            context.log.info(f"{d.name}/compatibility: batch {batch}: {len(matrix)} documents scored {where}")
             finite = np.isfinite(matrix)
             documents, non_finite = documents + len(matrix), non_finite + int((~finite).sum())
             if finite.any():

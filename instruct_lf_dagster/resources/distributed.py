@@ -1,7 +1,8 @@
 """The per-batch work on a Ray cluster: documents encoded by a pool of linker actors (Ray Data), and the
 Linear CorEx statistics of each batch computed by tasks and summed on the driver.
 
-Imported only when a Ray address is set (the `ray` extra): the local default never needs Ray.
+Ray itself (the `ray` extra) is imported only when a Ray address is set: the local default never needs it. The
+in-process path of the statistics is here too, so that both sum the same per-batch statistics in the same order.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from instruct_lf_dagster.core.linker import Linker
 log = logging.getLogger(__name__)
 
 ROWS_PER_CALL = 256  # documents per actor call: spreads a batch over the pool, amortises the call
-CONNECT_TIMEOUT = (
-    10.0  # seconds to reach the cluster's port before giving up (ray.init itself retries for minutes)
-)
+# Seconds to reach the cluster's port before giving up: ray.init itself retries an absent cluster for minutes.
+CONNECT_TIMEOUT = 10.0
 
 ReadRows = Callable[[str], "np.ndarray | None"]  # a batch key -> its compatibility rows (None: no rows)
 
