@@ -24,15 +24,15 @@ def load(name: str) -> dict:
 def problems(value, kind: str, where: str = "") -> list[str]:
     """Where `value` breaks the Kubernetes model `kind` ('V1PodTemplateSpec', 'list[V1EnvVar]', ...): unknown
     fields and wrong types, strictly (the API server would drop or reject them)."""
-    if kind.startswith("list["):
+    # The client spells containers list[X] or List[X], dict(str, X), dict[str, X] or Dict[str, X] by version.
+    if inner := re.fullmatch(r"[lL]ist\[(.+)\]", kind):
         if not isinstance(value, list):
             return [f"{where}: expected a list"]
-        return [p for i, item in enumerate(value) for p in problems(item, kind[5:-1], f"{where}[{i}]")]
-    if kind.startswith(("dict(", "dict[")):  # the client writes dict(str, str) or dict[str, str] by version
+        return [p for i, item in enumerate(value) for p in problems(item, inner[1], f"{where}[{i}]")]
+    if inner := re.fullmatch(r"(?:dict\(|[dD]ict\[)str, (.+)[)\]]", kind):
         if not isinstance(value, dict):
             return [f"{where}: expected a mapping"]
-        inner = kind[kind.index(",") + 1 : -1].strip()
-        return [p for key, item in value.items() for p in problems(item, inner, f"{where}.{key}")]
+        return [p for key, item in value.items() for p in problems(item, inner[1], f"{where}.{key}")]
     simple = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
     if kind in simple:
         ok = isinstance(value, simple[kind]) and not (kind == "int" and isinstance(value, bool))
