@@ -104,6 +104,16 @@ def test_local_inbox_lists_and_reads(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored")
     assert inbox.files() == {"a_b.jsonl": "a b.jsonl"}
     assert inbox.read("a_b.jsonl") == ("a b.jsonl", b'{"text": "x"}')
+    with pytest.raises(FileNotFoundError, match="batch 'gone.jsonl': no file for it"):
+        inbox.read("gone.jsonl")
+
+
+def test_inbox_names_colliding_files(tmp_path, caplog):
+    inbox = LocalInbox(path=str(tmp_path))
+    (tmp_path / "a b.jsonl").write_text('{"text": "x"}')
+    (tmp_path / "a_b.jsonl").write_text('{"text": "y"}')
+    assert inbox.files() == {"a_b.jsonl": "a b.jsonl"}
+    assert "a_b.jsonl" in caplog.text and "rename" in caplog.text
 
 
 @pytest.mark.integration

@@ -139,6 +139,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     loaded = Linker.load(tmp_path / "linker")
     assert (loaded.truncation, loaded.max_seq_length) == ("tail", 48)
     assert loaded.fingerprint == linker.fingerprint
+    assert loaded.to("cpu") is loaded  # stored linkers load on the CPU; moving there is free
     texts = [" ".join(["early words"] * 40 + ["the latest turn about comets"]), "Falcon signal"]
     np.testing.assert_array_equal(loaded.encode_documents(texts), linker.encode_documents(texts))
     longer = Linker.load(tmp_path / "linker", max_seq_length=96)  # same weights, encoding a longer tail
@@ -182,3 +183,14 @@ def test_fit_improves_held_out_retrieval() -> None:
     assert report.pairs == 2 * len(train_documents)
     assert epochs == list(range(1, report.epochs_run + 1)) == list(range(1, len(report.train_losses) + 1))
     assert report.best_val_loss == min(report.val_losses)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_linker_moved_to_cuda_encodes_the_same() -> None:
+    linker = Linker(truncation="tail", max_seq_length=48)
+    texts = ["the latest turn about comets", "Falcon signal"]
+    on_cpu, fingerprint = linker.encode_documents(texts), linker.fingerprint
+    moved = linker.to("cuda")
+    assert moved.device == "cuda" and moved.fingerprint == fingerprint
+    np.testing.assert_allclose(moved.encode_documents(texts), on_cpu, atol=1e-4)

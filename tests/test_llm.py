@@ -74,7 +74,7 @@ def test_cache_file_survives_the_process(tmp_path, calls):
     key = client.key(ask("two"))
     script = (
         "import sys; from instruct_lf_dagster.core.llm import ResponseCache;"
-        f"c = ResponseCache({str(path)!r}); hit = c.get({key!r});"
+        f"c = ResponseCache({str(path)!r}); hit = c.get_many([{key!r}])[{key!r}];"
         "print(len(c), hit.text, hit.cached)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

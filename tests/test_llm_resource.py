@@ -5,8 +5,11 @@ import json
 import dagster as dg
 import pytest
 
+from instruct_lf_dagster.assets.proposals import client_for
+from instruct_lf_dagster.components import Discovery
 from instruct_lf_dagster.core.llm import LLMClient
 from instruct_lf_dagster.resources.llm import DEFAULT_MODEL, LLMResource
+from instruct_lf_dagster.resources.storage import LocalStorage
 
 SECRET = "sk-resource-secret-42"
 
@@ -57,6 +60,35 @@ def test_env_var_key_resolves_and_never_shows(monkeypatch, tmp_path):
         shown = [repr(resources.llm), str(resources.llm), repr(client), json.dumps(client.describe())]
     shown += [repr(resource), str(resource)]
     assert not any(SECRET in text for text in shown)
+
+
+def test_a_discovery_model_gets_neither_the_environment_endpoint_nor_its_key(monkeypatch):
+    monkeypatch.setenv("TEST_LLM_KEY", SECRET)
+    resource = LLMResource(
+        model="hosted_vllm/qwen", api_base="http://vllm:8000/v1", api_key=dg.EnvVar("TEST_LLM_KEY")
+    )
+    same = resource.get_client(model="hosted_vllm/qwen")
+    assert (same.api_base, same._api_key) == ("http://vllm:8000/v1", SECRET)
+    other = resource.get_client(model="openai/gpt-4o-mini")
+    assert (other.api_base, other._api_key) == (None, None)  # litellm reads the provider's own variable
+    assert resource.get_client(model="openai/gpt-4o-mini", api_key="sk-own")._api_key == "sk-own"
+
+
+def test_a_discovery_key_variable_that_is_not_set_fails_naming_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("NO_SUCH_LLM_KEY", raising=False)
+    d = Discovery.resolve_from_dict(
+        {
+            "name": "churn",
+            "goal": "Why?",
+            "llm": {"model": "openai/gpt-4o-mini", "api_key_env": "NO_SUCH_LLM_KEY"},
+        }
+    )
+    resource = LLMResource(cache_path=str(tmp_path / "cache.duckdb"))
+    storage = LocalStorage(database=str(tmp_path / "t.duckdb"))
+    with pytest.raises(dg.Failure, match="churn: llm.api_key_env names NO_SUCH_LLM_KEY, which is not set"):
+        client_for(d, resource, storage)
+    monkeypatch.setenv("NO_SUCH_LLM_KEY", SECRET)
+    assert client_for(d, resource, storage)._api_key == SECRET
 
 
 @pytest.mark.integration

@@ -148,6 +148,7 @@ def test_a_bad_file_fails_its_batch_only(tmp_path, keyword_llm, instance):
     keys = write_batches(tmp_path / "inbox", count=2)
     (tmp_path / "inbox" / "broken.csv").write_text("body\nno text column here\n")
     keys.append("broken.csv")
+    keys.append("gone.jsonl")  # registered, then its file was deleted
     instance.add_dynamic_partitions(batches.name, keys)
     resources = local_resources(tmp_path)
 
@@ -157,6 +158,7 @@ def test_a_bad_file_fails_its_batch_only(tmp_path, keyword_llm, instance):
     assert set(docs["batch"]) == set(keys[:2])
     meta = result.asset_materializations_for_node("documents")[0].metadata
     assert "broken.csv: no 'text' column" in meta["failed_batches"].data["broken.csv"]
+    assert "no file for it" in meta["failed_batches"].data["gone.jsonl"]
 
     alone = run(resources, instance, ["broken.csv"], selection=["documents"], raise_on_error=False)
     assert not alone.success
@@ -184,6 +186,15 @@ def test_s3_environment(tmp_path, keyword_llm, instance, s3_bucket):
     assert "prod/tables/reviews__document_factors/reviews_0.jsonl.parquet" in names
     assert "prod/artefacts/reviews__linker/manifest.json" in names
     assert len(storage.read_table("reviews__document_factors", keys)) == 2 * len(REVIEWS)
+
+    # The answers live in the bucket, not on the run's disk (a pod's is gone after the run): the LLM steps
+    # run again pay for nothing.
+    assert any(name.startswith("prod/llm_cache/") for name in names)
+    assert not (tmp_path / "llm_cache.duckdb").exists()
+    calls = keyword_llm.calls
+    llm_steps = [dg.AssetKey(["reviews", "proposals"]), dg.AssetKey(["reviews", "factor_report"])]
+    assert run(resources, instance, keys, selection=llm_steps).success
+    assert keyword_llm.calls == calls
 
 
 def test_two_discoveries_over_one_inbox_in_one_run(tmp_path, keyword_llm, instance):

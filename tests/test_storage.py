@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from instruct_lf_dagster.core.llm import Completion
 from instruct_lf_dagster.core.vocabulary import Vocabulary
 from instruct_lf_dagster.resources.storage import LocalStorage, S3Storage
 
@@ -46,6 +47,14 @@ def test_a_batch_missing_from_the_output_keeps_its_rows(storage):
     storage.write_table("docs", _rows("a", 2), ["a"])
     storage.write_table("docs", _rows("b", 1), ["a", "b"])  # batch a failed in this run
     assert len(storage.read_table("docs", ["a", "b"])) == 3
+
+
+def test_a_table_never_written_or_written_empty_has_no_rows(storage):
+    assert storage.read_table("never", ["a"]).empty
+    storage.write_table("empty", _rows("a", 0), ["a"])  # e.g. a budget that proposed for no document
+    assert storage.read_table("empty", ["a"]).empty
+    storage.write_table("empty", _rows("b", 1), ["b"])
+    assert storage.read_table("empty", ["a", "b"])["document_id"].tolist() == ["b-0"]
 
 
 def test_rows_outside_the_run_are_refused(storage):
@@ -147,3 +156,19 @@ def test_a_storage_travels_to_another_process_as_its_settings(storage):
         opened = pickle.loads(cloudpickle.dumps(in_run.portable())).open()
     assert type(opened) is type(storage) and opened.describe() == storage.describe()
     assert opened.read_table("t", ["b1"])["x"].tolist() == [1]
+
+
+@pytest.mark.integration
+def test_llm_answers_persist_in_the_bucket_across_caches(s3_bucket):
+    s3, bucket = s3_bucket
+    storage = S3Storage(s3=s3, bucket=bucket, prefix="prod")
+    first = storage.response_cache()
+    first.put("k1", Completion(text="Comedy genre", prompt_tokens=12, completion_tokens=3, cost_usd=0.001))
+    with pytest.raises(ValueError, match="only successful"):
+        first.put("k2", Completion(text=None, error="timeout"))
+    again = storage.response_cache()  # another run, another pod
+    found = again.get_many(["k1", "k2", "k3"])
+    assert list(found) == ["k1"]
+    assert (found["k1"].text, found["k1"].cached, found["k1"].prompt_tokens) == ("Comedy genre", True, 12)
+    assert again.path == f"s3://{bucket}/prod/llm_cache"
+    assert LocalStorage(database=":memory:").response_cache() is None  # the LLM resource's DuckDB file

@@ -308,7 +308,7 @@ def build(d: "Discovery") -> list:
         examples = top_documents(storage, d, keys, latent_factors, ranked)
         examples = {ids[k]: texts for k, texts in examples.items()}
         members = {ids[k]: [p for p, _ in latent_factors.members(k)] for k in ranked}
-        client = client_for(d, llm)
+        client = client_for(d, llm, storage)
 
         def progress(what: str):
             def report(done: int, total: int) -> None:

@@ -105,7 +105,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, inbox:
         try:
             name, data = inbox.read(batch)
             frame, report = read_batch(batch, name, data, config)
-        except BatchError as exc:
+        except (BatchError, FileNotFoundError) as exc:
             failed[batch] = str(exc)
             context.log.error(str(exc))
             continue

@@ -10,15 +10,21 @@ from instruct_lf_dagster.core.llm import LLMClient
 from instruct_lf_dagster.core.proposals import propose
 from instruct_lf_dagster.partitions import DOCUMENTS, batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.llm import LLMResource
+from instruct_lf_dagster.resources.storage import Storage
 
 if TYPE_CHECKING:
     from instruct_lf_dagster.components.discovery import Discovery
 
 
-def client_for(d: "Discovery", llm: LLMResource) -> LLMClient:
-    """The discovery's LLM: its own model and key when its YAML names them, else the environment's."""
-    api_key = dg.EnvVar(d.llm.api_key_env).get_value() if d.llm.api_key_env else None
-    return llm.get_client(model=d.llm.model, api_key=api_key)
+def client_for(d: "Discovery", llm: LLMResource, storage: Storage) -> LLMClient:
+    """The discovery's LLM: its own model and key when its YAML names them, else the environment's; answers
+    cached where the storage keeps them (in production with the data, since run pods do not last)."""
+    api_key = None
+    if d.llm.api_key_env:
+        api_key = dg.EnvVar(d.llm.api_key_env).get_value()
+        if not api_key:
+            raise dg.Failure(f"{d.name}: llm.api_key_env names {d.llm.api_key_env}, which is not set")
+    return llm.get_client(model=d.llm.model, api_key=api_key, cache=storage.response_cache())
 
 
 class FailureRateConfig(dg.Config):
@@ -41,7 +47,7 @@ def build(d: "Discovery") -> list:
         description=f"Properties the LLM proposes for each document towards the goal: {d.goal}",
     )
     def proposals(
-        context: dg.AssetExecutionContext, documents: pd.DataFrame, llm: LLMResource
+        context: dg.AssetExecutionContext, documents: pd.DataFrame, llm: LLMResource, storage: Storage
     ) -> pd.DataFrame:
         """Goal-related properties for the documents the proposal budget picks (cached: a re-run costs no calls).
 
@@ -62,7 +68,9 @@ def build(d: "Discovery") -> list:
             if done % step == 0 or done == total:
                 context.log.info(f"{d.name}/proposals: {done}/{total} documents")
 
-        result = propose(client_for(d, llm), d.to_goal(), documents["text"].tolist(), progress=progress)
+        result = propose(
+            client_for(d, llm, storage), d.to_goal(), documents["text"].tolist(), progress=progress
+        )
         metadata = result.usage.as_metadata()
         if result.usage.budget_exhausted:
             # Everything answered so far is in the response cache: a re-run with a larger budget pays only the rest.

@@ -71,6 +71,8 @@ def build(d: "Discovery") -> list:
         cache = EmbeddingCache.load(cache_path) if cache_path.exists() else EmbeddingCache()
         table = d.key("compatibility").to_python_identifier()
         encode = compute.document_encoder(linker)  # None: here; else an actor pool on the Ray cluster
+        if encode is None:
+            linker = linker.to(compute.torch_device())  # stored linkers load on the CPU
         documents, non_finite, low, high, total = 0, 0, np.inf, -np.inf, 0.0
         for batch in context.partition_keys:
             rows = storage.read_table(DOCUMENTS.to_python_identifier(), [batch])

@@ -134,6 +134,16 @@ class Linker:
             self._fingerprint = f"{digest.hexdigest()[:24]}-{self.truncation}-{self.max_seq_length}"
         return self._fingerprint
 
+    def to(self, device: str) -> Linker:
+        """This linker on `device` (itself when already there); the weights, and so the fingerprint, are kept."""
+        if device == self.device:
+            return self
+        moved = Linker(
+            self.model, truncation=self.truncation, max_seq_length=self.max_seq_length, device=device
+        )
+        moved._fingerprint = self._fingerprint
+        return moved
+
     @property
     def dimension(self) -> int:
         """The embedding size."""

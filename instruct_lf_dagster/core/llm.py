@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 
@@ -134,6 +134,16 @@ def _request_record(
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+class Cache(Protocol):
+    """Where successful responses persist: `ResponseCache` (a DuckDB file) or an object store."""
+
+    path: str
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Completion]: ...
+
+    def put(self, key: str, completion: Completion, *, model: str = "", request: str = "") -> None: ...
+
+
 class ResponseCache:
     """Successful LLM responses in a DuckDB table, keyed by `cache_key`.
 
@@ -194,9 +204,6 @@ class ResponseCache:
             key: Completion(text=text, cached=True, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost)
             for key, text, pt, ct, cost in rows
         }
-
-    def get(self, key: str) -> Completion | None:
-        return self.get_many([key]).get(key)
 
     def put(self, key: str, completion: Completion, *, model: str = "", request: str = "") -> None:
         """Store a successful completion; errors are never stored, so they are asked again next time."""
@@ -294,7 +301,7 @@ class LLMClient:
         max_concurrency: int = 4,
         budget_usd: float | None = None,
         budget_tokens: int | None = None,
-        cache: ResponseCache | None = None,
+        cache: Cache | None = None,
         seed: int | None = 0,
         retry_backoff: float = 1.0,
         **litellm_kwargs: Any,

@@ -70,7 +70,8 @@ def demo_data(documents: int) -> tuple[InstructLF, list[str], list[list[str]], l
 
     discovery = next(d for d in declared()[0] if d.name == "movie_critics")
     texts = demo.sample(documents)["text"].tolist()
-    proposals = propose(client_for(discovery, RESOURCES["local"]()["llm"]), discovery.to_goal(), texts)
+    local = RESOURCES["local"]()
+    proposals = propose(client_for(discovery, local["llm"], local["storage"]), discovery.to_goal(), texts)
     usable = [(t, p) for t, p in zip(texts, proposals.properties, strict=True) if p]
     return discovery.method(), [t for t, _ in usable], [p for _, p in usable], texts
 

@@ -88,14 +88,7 @@ class _Encoder:
         torch.set_num_threads(threads)
         if isinstance(linker, ray.ObjectRef):
             linker = ray.get(linker)
-        if device != linker.device:
-            linker = Linker(
-                linker.model,
-                truncation=linker.truncation,
-                max_seq_length=linker.max_seq_length,
-                device=device,
-            )
-        self.linker, self.batch_size = linker, batch_size
+        self.linker, self.batch_size = linker.to(device), batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors = self.linker.encode_documents(batch["text"].tolist(), batch_size=self.batch_size)

@@ -1,5 +1,6 @@
 """The inbox: where document files arrive. Each file is one batch (one partition)."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pydantic import Field
 from instruct_lf_dagster.core.paths import data_dir
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+log = logging.getLogger(__name__)
 
 
 def batch_key(file_name: str) -> str:
@@ -26,15 +28,20 @@ class Inbox(dg.ConfigurableResource):
         raise NotImplementedError
 
     def read(self, key: str) -> tuple[str, bytes]:
-        """The file name and bytes of a batch."""
+        """The file name and bytes of a batch; FileNotFoundError when its file has gone."""
         raise NotImplementedError
 
 
 def _index(names: list[str]) -> dict[str, str]:
     index: dict[str, str] = {}
     for name in sorted(names):
-        if name.lower().endswith(SUFFIXES):
-            index.setdefault(batch_key(name), name)  # a later name mapping to the same key is not a new batch
+        if not name.lower().endswith(SUFFIXES):
+            continue
+        key = batch_key(name)
+        if key in index:  # the first name keeps the key: a batch never changes file
+            log.warning("%s is not read: %s already has batch key %r; rename it", name, index[key], key)
+        else:
+            index[key] = name
     return index
 
 
@@ -54,7 +61,7 @@ class LocalInbox(Inbox):
     def read(self, key: str) -> tuple[str, bytes]:
         name = self.files().get(key)
         if name is None:
-            raise dg.Failure(f"batch {key!r}: no file for it in {self.folder()}")
+            raise FileNotFoundError(f"batch {key!r}: no file for it in {self.folder()}")
         return name, (self.folder() / name).read_bytes()
 
 
@@ -75,6 +82,6 @@ class S3Inbox(Inbox):
     def read(self, key: str) -> tuple[str, bytes]:
         name = self.files().get(key)
         if name is None:
-            raise dg.Failure(f"batch {key!r}: no file for it under s3://{self.bucket}/{self.prefix}")
+            raise FileNotFoundError(f"batch {key!r}: no file for it under s3://{self.bucket}/{self.prefix}")
         body = self.s3.get_client().get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
         return name, body

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from instruct_lf_dagster.core.llm import LLMClient, ResponseCache
+from instruct_lf_dagster.core.llm import Cache, LLMClient, ResponseCache
 from instruct_lf_dagster.core.paths import data_dir
 
 DEFAULT_MODEL = "llamacpp/qwen2.5-coder-1.5b-instruct"
@@ -36,13 +36,17 @@ class LLMResource(dg.ConfigurableResource):
     )
     seed: int = Field(default=0, description="sampling seed sent to providers that accept one")
 
-    def get_client(self, model: str | None = None, api_key: str | None = None) -> LLMClient:
-        """A client with these settings and the persistent response cache; a discovery may name its own model
-        (and key), keeping the environment's budget, retries and cache."""
+    def get_client(
+        self, model: str | None = None, api_key: str | None = None, cache: Cache | None = None
+    ) -> LLMClient:
+        """A client with these settings and the persistent response cache (`cache`, else the DuckDB file); a
+        discovery may name its own model (and key), keeping the environment's budget, retries and cache."""
+        # Another model is another provider: the environment's endpoint and key are never sent to it.
+        own = model is not None and model != self.model
         return LLMClient(
             model or self.model,
-            api_base=self.api_base or None,
-            api_key=api_key or self._resolved_api_key(),
+            api_base=None if own else self.api_base or None,
+            api_key=api_key if own else api_key or self._resolved_api_key(),
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             timeout=self.timeout,
@@ -50,7 +54,7 @@ class LLMResource(dg.ConfigurableResource):
             max_concurrency=self.max_concurrency,
             budget_usd=self.budget_usd,
             budget_tokens=self.budget_tokens,
-            cache=ResponseCache(self.cache_path or data_dir() / CACHE_FILE),
+            cache=cache or ResponseCache(self.cache_path or data_dir() / CACHE_FILE),
             seed=self.seed,
         )
 

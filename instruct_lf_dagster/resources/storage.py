@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from instruct_lf_dagster.core.llm import Cache, Completion
 from instruct_lf_dagster.core.paths import data_dir
 
 BATCH = "batch"
@@ -84,6 +86,10 @@ class Storage(dg.ConfigurableResource):
 
     def save_artefact(self, name: str, obj: object) -> None:
         raise NotImplementedError
+
+    def response_cache(self) -> Cache | None:
+        """Where LLM answers persist beside this storage; None: the LLM resource's DuckDB file."""
+        return None
 
     def load_artefact(self, name: str) -> object | None:
         """The stored artefact, or None when it was never materialised."""
@@ -187,7 +193,7 @@ class LocalStorage(Storage):
         with self._connect() as con:
             if self._kind(con, name) == "BASE TABLE":
                 self._move_to_files(con, name)
-            if self._kind(con, name) is None:
+            if self._kind(con, name) is None and any(self._batch_files(name).glob("*.parquet")):
                 files = (self._batch_files(name) / "*.parquet").as_posix().replace("'", "''")
                 con.execute(
                     f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{files}', union_by_name = true)"
@@ -212,7 +218,7 @@ class LocalStorage(Storage):
         if not self._batch_files(name).is_dir():
             with self._connect() as con:
                 kind = self._kind(con, name)
-                if batches is None or kind is None:  # unpartitioned, or never written: DuckDB says which
+                if batches is None:  # unpartitioned; one never written: DuckDB names it
                     return con.sql(f'SELECT * FROM "{name}"').to_arrow_table().to_pandas()
                 if kind == "BASE TABLE":
                     self._move_to_files(con, name)
@@ -244,6 +250,56 @@ class LocalStorage(Storage):
 
     def describe(self) -> str:
         return f"duckdb:{self._database()}"
+
+
+class S3ResponseCache:
+    """Successful LLM responses as one JSON object each under s3://bucket/prefix/, keyed by `cache_key`: runs in
+    several pods add answers at once without a lock, and none is lost."""
+
+    def __init__(self, client, bucket: str, prefix: str) -> None:
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+        self.path = f"s3://{bucket}/{self.prefix}"
+
+    def _object(self, key: str) -> str:
+        return f"{self.prefix}/{key}.json"
+
+    def _get(self, key: str) -> Completion | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        record = json.loads(body)
+        return Completion(
+            text=record["text"],
+            cached=True,
+            prompt_tokens=record["prompt_tokens"],
+            completion_tokens=record["completion_tokens"],
+            cost_usd=record["cost_usd"],
+        )
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Completion]:
+        """The cached completions among `keys` (marked cached), fetched 16 at a time."""
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            found = dict(zip(keys, pool.map(self._get, keys), strict=True))
+        return {key: completion for key, completion in found.items() if completion is not None}
+
+    def put(self, key: str, completion: Completion, *, model: str = "", request: str = "") -> None:
+        """Store a successful completion; errors are never stored, so they are asked again next time."""
+        if completion.error is not None or completion.text is None:
+            raise ValueError("only successful completions are cached")
+        record = {
+            "model": model,
+            "request": request,
+            "text": completion.text,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "cost_usd": completion.cost_usd,
+            "created": time.time(),
+        }
+        body = json.dumps(record, ensure_ascii=False).encode("utf-8")
+        self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=body)
 
 
 class S3Storage(Storage):
@@ -333,6 +389,10 @@ class S3Storage(Storage):
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    def response_cache(self) -> S3ResponseCache:
+        # Run pods are thrown away after each run: a cache on their disk would pay for every answer again.
+        return S3ResponseCache(self.s3.get_client(), self.bucket, self._key("llm_cache"))
 
 
 class StorageIOManager(dg.ConfigurableIOManager):
