@@ -85,6 +85,16 @@ def test_cache_encodes_each_new_text_once(linker: Linker, counted: list[str]) ->
     assert counted == [changed[0]]
 
 
+def test_a_stream_caches_properties_only(linker: Linker, counted: list[str]) -> None:
+    cache = EmbeddingCache()
+    first = compatibility(linker, DOCUMENTS, PROPERTIES, cache=cache, cache_documents=False)
+    assert len(cache) == len(set(PROPERTIES))
+    counted.clear()
+    again = compatibility(linker, DOCUMENTS, PROPERTIES, cache=cache, cache_documents=False)
+    np.testing.assert_array_equal(again, first)
+    assert sorted(counted) == sorted(set(DOCUMENTS))  # the next batch encodes its documents alone
+
+
 def test_cache_is_keyed_by_linker(linker: Linker) -> None:
     cache = EmbeddingCache()
     encode_cached(linker, PROPERTIES, "property", cache)

@@ -88,6 +88,7 @@ def build(d: "Discovery") -> list:
                 batch_size=compute.encode_batch_size,
                 cache=cache,
                 encode_documents=encode,
+                cache_documents=False,  # the file would grow with the stream; a batch is scored once
             )
             storage.write_table(table, matrix_row(batch, rows["document_id"].tolist(), matrix), [batch])
             where = f"on the Ray cluster at {compute.ray_address}" if encode else "in process"

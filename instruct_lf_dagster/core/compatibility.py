@@ -114,14 +114,19 @@ def compatibility(
     block_rows: int = 4096,
     cache: EmbeddingCache | None = None,
     encode_documents: Encode | None = None,
+    cache_documents: bool = True,
 ) -> np.ndarray:
     """The N x P float32 matrix of cosines between document and property embeddings.
 
     `batch_size` is the number of documents per encoder batch (properties, being short, use the
     linker's larger default); the product is written block by block into the result, with no
     temporaries larger than `block_rows` rows. `encode_documents`: see `encode_cached`.
+    `cache_documents=False` keeps only property embeddings in `cache` (a stream's documents come once).
     """
-    document_vectors = encode_cached(linker, documents, "document", cache, batch_size, encode_documents)
+    document_cache = cache if cache_documents else None
+    document_vectors = encode_cached(
+        linker, documents, "document", document_cache, batch_size, encode_documents
+    )
     property_vectors = np.ascontiguousarray(encode_cached(linker, properties, "property", cache).T)
     matrix = np.empty((len(documents), len(properties)), dtype=np.float32)
     for start in range(0, len(documents), block_rows):
