@@ -80,10 +80,6 @@ class Factors:
         """Properties of factor k with their MI, highest MI first (empty for an empty factor)."""
         return [(self.properties[j], float(self.model.mis[k, j])) for j in self._members.get(k, [])]
 
-    def row(self, factor_id: int) -> int:
-        """The model row of a public factor id."""
-        return self.ids.index(factor_id)
-
     def membership(self) -> dict[int, dict[str, float]]:
         """Public id -> {member property: MI}, for every non-empty factor."""
         return {self.ids[k]: dict(self.members(k)) for k in self.nonempty()}
