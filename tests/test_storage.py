@@ -171,4 +171,7 @@ def test_llm_answers_persist_in_the_bucket_across_caches(s3_bucket):
     assert list(found) == ["k1"]
     assert (found["k1"].text, found["k1"].cached, found["k1"].prompt_tokens) == ("Comedy genre", True, 12)
     assert again.path == f"s3://{bucket}/prod/llm_cache"
+    for damaged in (b"{not json", b'{"text": "x"}', b"[]"):  # e.g. a partial write by another tool
+        s3.get_client().put_object(Bucket=bucket, Key="prod/llm_cache/k1.json", Body=damaged)
+        assert again.get_many(["k1"]) == {}  # asked again, not a failed run
     assert LocalStorage(database=":memory:").response_cache() is None  # the LLM resource's DuckDB file

@@ -7,6 +7,7 @@ rows, so re-materialising is idempotent. Artefacts (vocabulary, linker, Linear C
 
 import io
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from instruct_lf_dagster.core.llm import Cache, Completion
 from instruct_lf_dagster.core.paths import data_dir
 
 BATCH = "batch"
+log = logging.getLogger(__name__)
 
 
 def _artefact_kinds() -> dict[str, tuple[type, str]]:
@@ -270,14 +272,19 @@ class S3ResponseCache:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
-        record = json.loads(body)
-        return Completion(
-            text=record["text"],
-            cached=True,
-            prompt_tokens=record["prompt_tokens"],
-            completion_tokens=record["completion_tokens"],
-            cost_usd=record["cost_usd"],
-        )
+        try:
+            record = json.loads(body)
+            return Completion(
+                text=str(record["text"]),
+                cached=True,
+                prompt_tokens=int(record["prompt_tokens"]),
+                completion_tokens=int(record["completion_tokens"]),
+                cost_usd=float(record["cost_usd"]),
+            )
+        except (ValueError, TypeError, KeyError) as error:
+            # A damaged entry costs one call again (the answer overwrites it), never the run.
+            log.warning("LLM cache %s/%s is unreadable (%s): asked again", self.path, key, error)
+            return None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Completion]:
         """The cached completions among `keys` (marked cached), fetched 16 at a time."""
