@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -41,7 +42,8 @@ def run_discovery(
     """Materialise documents -> proposals -> ... -> factors on every batch for one discovery, or all of them.
 
     All discoveries: one run, each batch file read once. One discovery: the batches not read yet are read first
-    (one run each), so that the other discoveries' inputs stay as they were.
+    (one run each), so that the other discoveries' inputs stay as they were; a file that cannot be read fails
+    its own run and the discovery goes on with the others (`unread` names them).
     """
     defs = build_definitions(env)
     names = [d.name for d in declared()[0]]
@@ -64,9 +66,18 @@ def run_discovery(
         return [execute(all_discoveries_job.name, tags=all_batches_tags(keys))]
     read = inst.get_materialized_partitions(DOCUMENTS)
     results = [execute(documents_job.name, partition_key=key) for key in keys if key not in read]
-    if not all(result.success for result in results):
+    if not inst.get_materialized_partitions(DOCUMENTS):
         return results
     return [*results, execute(f"{discovery}_discovery", tags=all_batches_tags(keys))]
+
+
+def unread(results: Sequence[dg.ExecuteInProcessResult]) -> list[str]:
+    """The batches whose file a `run_discovery` could not read (their own runs failed)."""
+    return [
+        r.dagster_run.tags.get("dagster/partition", "?")
+        for r in results
+        if not r.success and r.job_def.name == documents_job.name
+    ]
 
 
 def console_config(run_config: dict | None = None) -> dict:

@@ -352,3 +352,18 @@ def test_a_refit_after_a_new_batch_keeps_its_factors_and_follows_them(tmp_path, 
     assert text.count('<article class="card"') == after["factor"].nunique()
     assert text.count('<section class="theme"') == after["theme"].nunique()
     assert "What makes a film worth watching?" in text
+
+
+def test_a_run_goes_on_without_a_batch_whose_file_is_gone(tmp_path, keyword_llm, monkeypatch):
+    from instruct_lf_dagster import definitions, run
+
+    write_batches(tmp_path / "inbox", count=2)
+    resources = local_resources(tmp_path)
+    monkeypatch.setitem(definitions.RESOURCES, "test", lambda: resources)
+    with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions(batches.name, ["gone.jsonl"])  # registered, then its file was deleted
+        results = run.run_discovery("movie_critics", env="test", inst=inst)
+        assert run.unread(results) == ["gone.jsonl"]
+        assert results[-1].success
+        report = table(resources, "movie_critics__document_factors", ["reviews_0.jsonl", "reviews_1.jsonl"])
+        assert len(report) == 2 * len(REVIEWS)
