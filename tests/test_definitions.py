@@ -11,7 +11,7 @@ import pytest
 
 from instruct_lf_dagster.automation import DISCOVERY_TAG, RANGE_END, RANGE_START
 from instruct_lf_dagster.components import Discovery
-from instruct_lf_dagster.components.discovery import STAGES
+from instruct_lf_dagster.core.discovery import STAGES
 from instruct_lf_dagster.definitions import build_definitions, declared
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.inbox import LocalInbox
@@ -36,7 +36,7 @@ def test_the_demo_is_the_only_goal_and_it_lives_in_yaml():
         "What qualities of a movie"
     )
     assert declared_demo.examples and declared_demo.document_kind == "movie review snippet"
-    assert demo.goal() == declared_demo.to_goal()  # read from the YAML, without Dagster
+    assert demo.goal() == declared_demo.spec().goal  # read from the YAML, without Dagster
     assert BUILTINS["rotten-tomatoes"]().goal == declared_demo.goal  # the probe measures the demo's factors
 
 
@@ -86,8 +86,17 @@ attributes:
         (
             GOOD + "  proposal_budget: {fraction: 1.5}\n",
             "attributes.proposal_budget",
-            "fraction must be between",
+            "fraction must be at most 1",
         ),
+        (GOOD + "  linker: {batch_size: 0}\n", "attributes.linker", "batch_size must be at least 2, not 0"),
+        (GOOD + "  linker: {epochs: -3}\n", "attributes.linker", "epochs must be at least 0, not -3"),
+        (GOOD + "  factors: {n_factors: -2}\n", "attributes.factors", "n_factors must be at least 0, not -2"),
+        (
+            GOOD + "  vocabulary: {merge_threshold: 7.5}\n",
+            "attributes.vocabulary",
+            "merge_threshold must be at most 1",
+        ),
+        (GOOD + "  max_document_chars: 0\n", "attributes.max_document_chars", "greater than 0"),
     ],
 )
 def test_bad_yaml_is_refused_naming_the_file_and_the_field(tmp_path, monkeypatch, yaml, field, reason):

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from instruct_lf_dagster.evaluation import inspired
-from instruct_lf_dagster.evaluation.inspired import Inspired, hits, recommend, title_key
+from instruct_lf_dagster.evaluation.inspired_data import PROPOSALS_FILE, Inspired, load_proposals, title_key
+from instruct_lf_dagster.evaluation.inspired_protocol import (
+    KS,
+    hits,
+    knn_scores,
+    popularity_scores,
+    recommend,
+    summary,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "inspired"
 
@@ -55,20 +63,20 @@ def _toy() -> tuple[Inspired, np.ndarray, np.ndarray]:
 
 def test_knn_finds_the_title_of_similar_dialogues_and_reports_its_choice_of_n():
     data, train, test = _toy()
-    scores, n = inspired.knn_scores(train, test, data, neighbours=(1, 5))
+    scores, n = knn_scores(train, test, data, neighbours=(1, 5))
     assert scores["hit@1"] == 1.0
     assert n in (1, 5)
     # Swapped queries: the nearest dialogues all lead to the other title, and only their titles are ranked.
-    flipped, _ = inspired.knn_scores(train, test[::-1], data, neighbours=(1, 5))
+    flipped, _ = knn_scores(train, test[::-1], data, neighbours=(1, 5))
     assert flipped["hit@300"] == 0.0
     # With every training row as a neighbour both titles are ranked, the right one second.
-    everyone, n = inspired.knn_scores(train, test[::-1], data, neighbours=(20,))
+    everyone, n = knn_scores(train, test[::-1], data, neighbours=(20,))
     assert n == 16 and everyone["hit@1"] == 0.0 and everyone["hit@5"] == 1.0
 
 
 def test_popularity_recommends_the_most_frequent_titles():
     data = Inspired(["a", "b", "c"], [["X"], ["X", "Y"], ["Z"]], ["q1", "q2"], ["X", "Z"])
-    scores = inspired.popularity_scores(data)
+    scores = popularity_scores(data)
     assert scores["hit@1"] == 0.5  # X is first for everyone
     assert scores["hit@300"] == 1.0
 
@@ -83,15 +91,15 @@ def test_recorded_proposals_are_checked_against_the_dialogues(tmp_path):
     }
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [good, skipped]))
-    assert inspired.load_proposals(path, data) == {"b dialogue": ["P"]}
+    assert load_proposals(path, data) == {"b dialogue": ["P"]}
     path.write_text(json.dumps({**good, "context_index": 0}))
     with pytest.raises(ValueError, match="sha1"):
-        inspired.load_proposals(path, data)
+        load_proposals(path, data)
 
 
 def test_summary_compares_instruct_lf_with_the_best_baseline():
     means = {"hit@20": {"popularity": 0.2, "raw_embedding": 0.25, "compatibility": 0.4, "instruct_lf": 0.3}}
-    result = inspired.summary(means)
+    result = summary(means)
     assert result["best_baseline_hit@20"] == 0.25  # compatibility is an ablation, not a baseline
     assert result["instruct_lf_over_best_baseline"] == pytest.approx(1.2)
 
@@ -107,8 +115,8 @@ def test_the_shared_split_matches_the_method_notes():
     known = {t for titles in data.train_titles for t in titles}
     # METHOD.md: 140 of 208 test titles occur in training; most-popular Hit@20 = 0.2115.
     assert sum(t in known for t in data.test_titles) == 140
-    assert inspired.popularity_scores(data)["hit@20"] == pytest.approx(0.2115, abs=5e-4)
-    proposals = inspired.load_proposals(DATA / inspired.PROPOSALS_FILE, data)
+    assert popularity_scores(data)["hit@20"] == pytest.approx(0.2115, abs=5e-4)
+    proposals = load_proposals(DATA / PROPOSALS_FILE, data)
     assert 800 < len(proposals) <= 861 and set(proposals) <= set(data.contexts())
 
 
@@ -164,7 +172,7 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
     trained_and_saved = inspired.main(args)
     assert (saved / "linker.json").is_file()
     reused = inspired.main(args)  # no fine-tuning: the saved linker gives the same matrix and factors
-    for metric in (f"hit@{k}" for k in inspired.KS):
+    for metric in (f"hit@{k}" for k in KS):
         assert first[metric] == second[metric] == trained_and_saved[metric] == reused[metric]
     capsys.readouterr()
     args.l1 = "0.9,0"  # two penalties: one is chosen on the held-out training rows and named in the table
@@ -205,7 +213,7 @@ def test_unusable_proposal_files_name_the_file(tmp_path, content):
     path.write_text(content)
     data = Inspired(["a dialogue"], [["X"]], [], [])
     with pytest.raises(ValueError, match="broken.jsonl"):
-        inspired.load_proposals(path, data)
+        load_proposals(path, data)
 
 
 @pytest.mark.parametrize(

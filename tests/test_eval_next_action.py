@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 
 from instruct_lf_dagster.evaluation import next_action as na
+from instruct_lf_dagster.evaluation import next_action_data as sources
+from instruct_lf_dagster.evaluation import next_action_protocol as protocol
 
 FIXTURE = Path(__file__).parent / "data" / "alfworld_expert_tiny.jsonl"
 
 
 def test_states_are_the_prefixes_before_each_action():
-    trajectory = na.Trajectory(
+    trajectory = sources.Trajectory(
         "g", "tidy up", ("in a room", "you take it", "done?"), ("take cup", "go to desk 2", "x")
     )
-    result = na.states(trajectory)
+    result = protocol.states(trajectory)
     assert [s.action for s in result] == list(trajectory.actions)
     last = result[2].text
     assert "> take cup" in last and "> go to desk 2" in last and "> x" not in last
@@ -27,16 +29,20 @@ def test_states_are_the_prefixes_before_each_action():
 
 
 def test_actions_compare_with_digits_ignored():
-    assert na.normalise_action("go to countertop 1") == na.normalise_action("Go to  countertop 12")
-    assert na.normalise_action("take apple 1 from desk 2") != na.normalise_action("take mug 1 from desk 2")
-    assert na.accuracy(["go to desk 1", "open fridge 1"], ["go to desk 3", "open drawer 1"]) == 0.5
-    assert na.most_frequent_action(["open fridge 1", "go to desk 1", "go to desk 2"]) == "go to desk"
+    assert protocol.normalise_action("go to countertop 1") == protocol.normalise_action(
+        "Go to  countertop 12"
+    )
+    assert protocol.normalise_action("take apple 1 from desk 2") != protocol.normalise_action(
+        "take mug 1 from desk 2"
+    )
+    assert protocol.accuracy(["go to desk 1", "open fridge 1"], ["go to desk 3", "open drawer 1"]) == 0.5
+    assert protocol.most_frequent_action(["open fridge 1", "go to desk 1", "go to desk 2"]) == "go to desk"
 
 
 def test_nearest_training_state_gives_the_action():
     train = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     queries = np.array([[0.9, 0.1], [0.1, 2.0], [3.0, 2.9]])
-    assert na.nearest_actions(train, ["a", "b", "c"], queries) == ["a", "b", "c"]
+    assert protocol.nearest_actions(train, ["a", "b", "c"], queries) == ["a", "b", "c"]
 
 
 def test_evaluate_scores_every_split_but_train():
@@ -45,28 +51,28 @@ def test_evaluate_scores_every_split_but_train():
         "seen": ["open fridge 2", "go to desk 3"],
     }
     space = {"train": np.eye(3), "seen": np.array([[0.1, 1.0, 0.0], [0.0, 1.0, 0.1]])}
-    scores = na.evaluate({"nn": space}, actions)
+    scores = protocol.evaluate({"nn": space}, actions)
     assert scores == {"seen": {"most_frequent": 0.5, "nn": 0.5}}  # 1-NN says "open fridge" twice
 
 
 def test_proposal_sample_and_game_split_are_seeded():
-    rows = [na.State(f"g{i % 4}", f"text {i}", "a") for i in range(20)]
-    sample = na.proposal_sample(rows, 6, seed=3)
-    assert sample == na.proposal_sample(rows, 6, seed=3) != na.proposal_sample(rows, 6, seed=4)
+    rows = [protocol.State(f"g{i % 4}", f"text {i}", "a") for i in range(20)]
+    sample = protocol.proposal_sample(rows, 6, seed=3)
+    assert sample == protocol.proposal_sample(rows, 6, seed=3) != protocol.proposal_sample(rows, 6, seed=4)
     assert len(sample) == 6 and sample == sorted(sample, key=rows.index)
-    games = [na.Trajectory(f"g{i}", "goal", ("o",), ("a",)) for i in range(8)]
-    kept, held = na.game_split(games, 0.25, seed=0)
+    games = [sources.Trajectory(f"g{i}", "goal", ("o",), ("a",)) for i in range(8)]
+    kept, held = protocol.game_split(games, 0.25, seed=0)
     assert len(held) == 2 and sorted(kept + held, key=games.index) == games
 
 
 def test_alfworld_loader_reads_splits_goals_and_states():
-    splits = na.load_alfworld(FIXTURE)
+    splits = sources.load_alfworld(FIXTURE)
     assert {k: len(v) for k, v in splits.items()} == {"train": 3, "seen": 1, "unseen": 1}
     apple = splits["train"][0]
     assert apple.goal == "put a clean apple in fridge."  # from "Your task is to: ..."
     assert len(apple.observations) == len(apple.actions) == 7  # the last feedback is not a state
     assert splits["unseen"][0].goal == "put a mug in drawer."  # given as "task"
-    assert sum(len(na.states(t)) for t in splits["train"]) == 19
+    assert sum(len(protocol.states(t)) for t in splits["train"]) == 19
 
 
 def test_alfworld_loader_rejects_misaligned_records(tmp_path):
@@ -75,7 +81,7 @@ def test_alfworld_loader_rejects_misaligned_records(tmp_path):
         json.dumps({"split": "train", "task": "t", "observations": ["a"], "actions": ["x", "y", "z"]})
     )
     with pytest.raises(ValueError, match="1 observations for 3 actions"):
-        na.load_alfworld(bad)
+        sources.load_alfworld(bad)
 
 
 @pytest.fixture
@@ -153,14 +159,16 @@ def test_dev_mode_holds_out_training_games(household_llm):
     assert result["games"] == {"train": 2, "dev": 1}
 
 
-requires_twc = pytest.mark.skipif(na.twc_unavailable() is not None, reason=str(na.twc_unavailable()))
+requires_twc = pytest.mark.skipif(
+    sources.twc_unavailable() is not None, reason=str(sources.twc_unavailable())
+)
 
 
 @pytest.mark.integration  # TextWorldExpress runs its games in a JVM
 @requires_twc
 def test_twc_gold_trajectories_are_reproducible_and_finish():
-    splits = na.twc_splits(3, 2, data_seed=1)
-    again = na.twc_splits(3, 2, data_seed=1)
+    splits = sources.twc_splits(3, 2, data_seed=1)
+    again = sources.twc_splits(3, 2, data_seed=1)
     assert splits == again
     assert [len(splits[k]) for k in ("train", "seen", "unseen")] == [3, 2, 2]
     games = [t.game for games in splits.values() for t in games]
@@ -177,7 +185,9 @@ def test_twc_gold_trajectories_are_reproducible_and_finish():
 @requires_twc
 def test_twc_refuses_wandering_gold_paths():
     with pytest.raises(ValueError, match="more than 2 locations"):
-        na.twc_trajectories([0], "numLocations=3,numItemsToPutAway=2,includeDoors=0,limitInventorySize=0")
+        sources.twc_trajectories(
+            [0], "numLocations=3,numItemsToPutAway=2,includeDoors=0,limitInventorySize=0"
+        )
 
 
 @requires_twc

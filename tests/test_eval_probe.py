@@ -10,7 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from instruct_lf_dagster.evaluation import probe
+from instruct_lf_dagster.core.proposals import Example
+from instruct_lf_dagster.evaluation import probe, probe_data
+from instruct_lf_dagster.evaluation.probe_data import read_labelled
+from instruct_lf_dagster.evaluation.probe_protocol import (
+    classifiers,
+    cross_validated,
+    evaluate,
+    frequent,
+    refit_factors,
+    split,
+)
 
 GENRES = {
     "comedy": ("funny", "laugh"),
@@ -63,7 +73,7 @@ def test_read_labelled_formats_agree(tmp_path, suffix):
     rows[2]["review"] = "   "  # so does a blank text
     path = tmp_path / f"data{suffix}"
     write(rows, path)
-    frame = probe.read_labelled(path, "review", ["genre", "pace"])
+    frame = read_labelled(path, "review", ["genre", "pace"])
     assert list(frame.columns) == ["text", "genre", "pace"]
     assert frame["text"].tolist() == [r["review"] for i, r in enumerate(rows) if i not in (1, 2)]
     assert set(frame["genre"]) == set(GENRES)
@@ -72,42 +82,72 @@ def test_read_labelled_formats_agree(tmp_path, suffix):
 def test_read_labelled_keeps_labels_as_text(tmp_path):
     path = tmp_path / "codes.csv"
     path.write_text("text,code\nfirst,01\nsecond,2\n")
-    assert probe.read_labelled(path, "text", ["code"])["code"].tolist() == ["01", "2"]
+    assert read_labelled(path, "text", ["code"])["code"].tolist() == ["01", "2"]
 
 
 def test_read_labelled_errors_name_the_file_and_problem(tmp_path):
     path = tmp_path / "data.jsonl"
     write(reviews(4), path)
-    with pytest.raises(ValueError, match=r"data\.jsonl: no field 'party'; it has id, review, genre, pace"):
-        probe.read_labelled(path, "review", ["genre", "party"])
+    with pytest.raises(
+        ValueError, match=r"data\.jsonl: no 'party' column \(found: id, review, genre, pace\)"
+    ):
+        read_labelled(path, "review", ["genre", "party"])
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
-        probe.read_labelled(tmp_path / "nowhere.csv", "text", ["label"])
+        read_labelled(tmp_path / "nowhere.csv", "text", ["label"])
     (tmp_path / "data.txt").write_text("x")
     with pytest.raises(ValueError, match=r"data\.txt: unknown file kind '\.txt'"):
-        probe.read_labelled(tmp_path / "data.txt", "text", ["label"])
+        read_labelled(tmp_path / "data.txt", "text", ["label"])
+
+
+def test_builtins_are_written_once_under_the_home_given(tmp_path, monkeypatch):
+    homes = []
+
+    def frame(home):
+        homes.append(home)
+        return pd.DataFrame({"text": ["a speech", "another"], "side": ["left", "right"]})
+
+    builtin = probe_data.Builtin(("side",), "Which side?", "speech", Example("a speech", ("P",)), frame)
+    monkeypatch.setitem(probe_data.BUILTINS, "tiny", lambda: builtin)
+    path = probe_data.write_builtin("tiny", tmp_path)
+    assert path == tmp_path / "probe" / "tiny.jsonl" and homes == [tmp_path]
+    assert read_labelled(path, "text", ["side"])["side"].tolist() == ["left", "right"]
+    assert probe_data.write_builtin("tiny", tmp_path) == path and homes == [tmp_path]  # kept once written
+
+
+def test_main_reads_builtins_from_the_home_in_its_arguments(tmp_path, monkeypatch, capsys):
+    rows = pd.DataFrame({"text": [f"speech {i}" for i in range(24)], "side": ["left", "right"] * 12})
+    builtin = probe_data.Builtin(("side",), "Which side?", "speech", Example("a", ("P",)), lambda home: rows)
+    monkeypatch.setitem(probe_data.BUILTINS, "tiny", lambda: builtin)
+    args = argparse.ArgumentParser()
+    probe.add_arguments(args)
+    options = args.parse_args(["--data", "tiny", "--methods", "majority", "--folds", "3", "--seeds", "0"])
+    options.home = tmp_path / "home"
+    result = probe.main(options)
+    assert result["data"] == str(tmp_path / "home" / "probe" / "tiny.jsonl")
+    assert result["balanced_accuracy"]["side"]["tree"]["majority"] == 0.5
 
 
 def test_split_is_seeded_disjoint_and_sized():
-    fit, held = probe.split(100, 0.3, max_docs=50, seed=4)
+    fit, held = split(100, 0.3, max_docs=50, seed=4)
     assert (len(fit), len(held)) == (15, 35)
     assert not set(fit) & set(held) and all(0 <= i < 100 for i in fit + held)
-    assert probe.split(100, 0.3, max_docs=50, seed=4) == (fit, held)
-    assert probe.split(100, 0.3, max_docs=50, seed=5) != (fit, held)
-    assert sorted(sum(probe.split(10, 0.5), [])) == list(range(10))
+    assert split(100, 0.3, max_docs=50, seed=4) == (fit, held)
+    assert split(100, 0.3, max_docs=50, seed=5) != (fit, held)
+    assert sorted(sum(split(10, 0.5), [])) == list(range(10))
     with pytest.raises(ValueError, match="fit fraction"):
-        probe.split(10, 1.0)
+        split(10, 1.0)
 
 
 def test_cross_validated_separable_constant_and_rare_labels():
     labels = np.repeat(["a", "b", "c"], 10)
     separable = (labels == "b").astype(float)[:, None] + 2 * (labels == "c")[:, None]
-    for classifier in probe.classifiers(seed=0).values():
-        assert probe.cross_validated(separable, labels, classifier) == 1.0
+    for classifier in classifiers(seed=0).values():
+        assert cross_validated(separable, labels, classifier) == 1.0
         # A constant feature leaves only the majority guess: balanced accuracy 1 / number of labels.
-        assert probe.cross_validated(np.zeros((30, 1)), labels, classifier) == pytest.approx(1 / 3)
-    assert probe.frequent(np.array(["a"] * 5 + ["b"] * 4)).tolist() == [True] * 5 + [False] * 4
+        assert cross_validated(np.zeros((30, 1)), labels, classifier) == pytest.approx(1 / 3)
+    assert frequent(np.array(["a"] * 5 + ["b"] * 4)).tolist() == [True] * 5 + [False] * 4
     with pytest.raises(ValueError, match="'topic': fewer than 2 labels"):
-        probe.evaluate({"x": np.zeros((9, 1))}, {"topic": np.array(["a"] * 5 + ["b"] * 4)})
+        evaluate({"x": np.zeros((9, 1))}, {"topic": np.array(["a"] * 5 + ["b"] * 4)})
 
 
 def test_a_file_needs_a_goal_and_labels(tmp_path):
@@ -115,22 +155,27 @@ def test_a_file_needs_a_goal_and_labels(tmp_path):
     write(reviews(4), path)
     parser = argparse.ArgumentParser()
     probe.add_arguments(parser)
-    with pytest.raises(ValueError, match="--label-field is required"):
-        probe.main(parser.parse_args(["--data", str(path)]))
-    with pytest.raises(ValueError, match="--goal is required"):
-        probe.main(parser.parse_args(["--data", str(path), "--label-field", "genre"]))
+    for options, message in [
+        ([], "--label-field is required"),
+        (["--label-field", "genre"], "--goal is required"),
+    ]:
+        args = parser.parse_args(["--data", str(path), *options])
+        args.home = tmp_path  # what the CLI adds: the data directory
+        with pytest.raises(ValueError, match=message):
+            probe.main(args)
 
 
 def test_refit_factors_reuses_the_models_matrix_and_settings_but_the_seed(monkeypatch):
     """A refit is the model's own factor stage with another seed (and penalty and count): a direct Linear CorEx
     fit with the same settings, bit for bit."""
+    from instruct_lf_dagster.core.config import ComputeConfig
     from instruct_lf_dagster.core.corex import LinearCorex
     from instruct_lf_dagster.core.pipeline import InstructLF
     from instruct_lf_dagster.core.vocabulary import Vocabulary
 
     rng = np.random.default_rng(0)
     x = (np.repeat(rng.normal(size=(40, 2)), 3, axis=1) + 0.5 * rng.normal(size=(40, 6))).astype(np.float32)
-    model = InstructLF(n_factors=2, l1=0.9, max_iter=40, threads=1)
+    model = InstructLF().but(ComputeConfig(threads=1), factors={"n_factors": 2, "l1": 0.9, "max_iter": 40})
     model.vocabulary_ = Vocabulary.fit([[f"Trait {j}" for j in range(6)]])
     model.factors_ = model.fit_factors(x, model.vocabulary_.properties)
     monkeypatch.setattr(model, "compatibility", lambda texts: x[: len(texts)])
@@ -140,8 +185,8 @@ def test_refit_factors_reuses_the_models_matrix_and_settings_but_the_seed(monkey
 
     texts = ["a text"] * len(x)
     for (m, l1), refit in {
-        (2, 0.9): probe.refit_factors(model, texts, seed=3),
-        (3, 0.0): probe.refit_factors(model, texts, seed=3, l1=0.0, n_factors=3),
+        (2, 0.9): refit_factors(model, texts, seed=3),
+        (3, 0.0): refit_factors(model, texts, seed=3, l1=0.0, n_factors=3),
     }.items():
         np.testing.assert_array_equal(refit.model.w_, direct(m, l1, 3).w_)
         assert refit.properties == tuple(model.vocabulary_.properties)

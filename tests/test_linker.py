@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from instruct_lf_dagster.core.config import LinkerConfig
 from instruct_lf_dagster.core.linker import Linker, no_duplicate_batches, positive_pairs
 
 # Synthetic documents: topic words plus a mood sentence. Each topic's property is an arbitrary code
@@ -91,8 +92,8 @@ def test_tail_truncation_keeps_the_end() -> None:
 def test_lengths_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_seq_length must be a positive"):
         Linker(max_seq_length=0)
-    with pytest.raises(ValueError, match="max_seq_length must be a positive"):
-        Linker(max_seq_length=32).fit(["one", "two"], [["x"], ["y"]], max_seq_length=-5)
+    with pytest.raises(ValueError, match="train_seq_length must be at least 8"):
+        LinkerConfig(train_seq_length=-5)
 
 
 @pytest.mark.integration
@@ -104,11 +105,13 @@ def test_tiny_data_is_harmless() -> None:
         (["one", "two"], [[], []]),  # nothing proposed
         ([], []),
     ]:
-        report = linker.fit(documents, proposals, batch_size=4)
+        report = linker.fit(documents, proposals, LinkerConfig(batch_size=4))
         assert report.epochs_run == 0 and report.train_losses == []
         assert linker.fingerprint == before
     # Fewer pairs than a batch, with repeats: trains, without a validation split to stop on.
-    report = linker.fit(["one", "two", "two"], [["x"], ["y", "y"], ["y"]], epochs=2, batch_size=512)
+    report = linker.fit(
+        ["one", "two", "two"], [["x"], ["y", "y"], ["y"]], LinkerConfig(epochs=2, batch_size=512)
+    )
     assert report.pairs == 2 and report.epochs_run == 2 and report.val_losses == []
     assert report.best_val_loss is None and all(np.isfinite(report.train_losses))
     assert linker.fingerprint != before
@@ -120,7 +123,7 @@ def test_fit_is_deterministic() -> None:
 
     def fitted(seed: int) -> Linker:
         linker = Linker(max_seq_length=32)
-        linker.fit(documents, proposals, epochs=1, batch_size=8, seed=seed, val_fraction=0.25)
+        linker.fit(documents, proposals, LinkerConfig(epochs=1, batch_size=8, val_fraction=0.25), seed=seed)
         return linker
 
     first, again, other = fitted(0), fitted(0), fitted(1)
@@ -132,7 +135,7 @@ def test_fit_is_deterministic() -> None:
 @pytest.mark.integration
 def test_save_load_round_trip(tmp_path) -> None:
     linker = Linker(truncation="tail", max_seq_length=48)
-    linker.fit(*synthetic(1, seed=0), epochs=1, batch_size=8, val_fraction=0)
+    linker.fit(*synthetic(1, seed=0), LinkerConfig(epochs=1, batch_size=8, val_fraction=0))
     linker.save(tmp_path / "linker")
     assert (tmp_path / "linker" / "model.safetensors").exists()
     assert not list((tmp_path / "linker").rglob("*.bin")) and not list((tmp_path / "linker").rglob("*.pkl"))
@@ -155,7 +158,11 @@ def test_a_shorter_training_length_cuts_training_texts_only() -> None:
     documents, proposals = synthetic(1, seed=0)  # documents of 20-30 tokens
     full, short = Linker(max_seq_length=48), Linker(max_seq_length=48)
     for linker, length in ((full, None), (short, 8)):
-        linker.fit(documents, proposals, epochs=1, batch_size=8, val_fraction=0, max_seq_length=length)
+        linker.fit(
+            documents,
+            proposals,
+            LinkerConfig(epochs=1, batch_size=8, val_fraction=0, train_seq_length=length),
+        )
     assert short.fingerprint != full.fingerprint  # it trained on other (cut) texts
     assert short.max_seq_length == short.model.max_seq_length == 48
     ends = [" ".join(["so"] * 30 + [end]) for end in ("comet nebula galaxy", "flour butter oven")]
@@ -173,9 +180,7 @@ def test_fit_improves_held_out_retrieval() -> None:
     report = linker.fit(
         train_documents,
         train_proposals,
-        epochs=3,
-        batch_size=16,
-        lr=3e-4,
+        LinkerConfig(epochs=3, batch_size=16, lr=3e-4),
         progress=lambda epoch, train, val: epochs.append(epoch),
     )
     trained = mean_reciprocal_rank(linker, test_documents, test_proposals)

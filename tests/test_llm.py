@@ -11,11 +11,13 @@ import time
 import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import duckdb
+import pydantic
 import pytest
 
-import instruct_lf_dagster.core as core_package
-from instruct_lf_dagster.core import llm
-from instruct_lf_dagster.core.llm import Completion, LLMClient, ResponseCache, Usage, cache_key
+from instruct_lf_dagster.core.duckdb_lock import connect_duckdb
+from instruct_lf_dagster.core.llm import Completion, LLMClient, LLMConfig, ResponseCache, Usage, cache_key
+from instruct_lf_dagster.core.llm.transport import load_litellm
 
 PRICED_MODEL = "gpt-4o-mini"  # in litellm's bundled price table, so mock responses have a cost
 
@@ -23,7 +25,7 @@ PRICED_MODEL = "gpt-4o-mini"  # in litellm's bundled price table, so mock respon
 @pytest.fixture
 def litellm():
     """litellm, imported the way the package does it (offline price table)."""
-    return llm._litellm()
+    return load_litellm()
 
 
 def ask(text: str) -> list[dict]:
@@ -44,10 +46,17 @@ def calls(monkeypatch, litellm):
     return seen
 
 
+def split(settings: dict) -> tuple[LLMConfig, dict]:
+    """The LLMConfig among keyword settings (model defaults to PRICED_MODEL), and the client's other arguments."""
+    config = {name: settings.pop(name) for name in list(settings) if name in LLMConfig.model_fields}
+    return LLMConfig(**{"model": PRICED_MODEL, **config}), settings
+
+
 def mock_client(**settings) -> LLMClient:
     settings.setdefault("cache", ResponseCache.memory())
     settings.setdefault("mock_response", "a property")
-    return LLMClient(settings.pop("model", PRICED_MODEL), **settings)
+    config, rest = split(settings)
+    return LLMClient(config, **rest)
 
 
 def test_second_run_is_served_from_the_cache(calls):
@@ -207,7 +216,7 @@ def test_odd_responses_never_raise(monkeypatch, litellm):
         "counted": response([choice("three words here")], types.SimpleNamespace(prompt_tokens=7)),
     }
     monkeypatch.setattr(litellm, "completion", lambda **kw: answers[kw["messages"][0]["content"]])
-    client = LLMClient("openai/anything", cache=ResponseCache.memory(), budget_tokens=10_000)
+    client = LLMClient(LLMConfig(model="openai/anything", budget_tokens=10_000), cache=ResponseCache.memory())
     completions, usage = client.complete([ask(text) for text in answers])
     by_name = dict(zip(answers, completions, strict=True))
     assert by_name["none"].text == "" and by_name["empty"].text == "" and by_name["no message"].text == ""
@@ -249,29 +258,101 @@ def test_api_key_stays_out_of_repr_and_errors(monkeypatch, litellm):
         raise litellm.AuthenticationError(f"Incorrect API key provided: {kwargs['api_key']}", "openai", "m")
 
     monkeypatch.setattr(litellm, "completion", refuse)
-    client = LLMClient("openai/m", api_key=secret, cache=ResponseCache.memory())
+    client = LLMClient(LLMConfig(model="openai/m"), api_key=secret, cache=ResponseCache.memory())
     completions, _ = client.complete([ask("x")])
     assert completions[0].error.startswith("AuthenticationError:") and "***" in completions[0].error
     assert secret not in completions[0].error
     assert secret not in repr(client) and secret not in json.dumps(client.describe())
 
 
-def test_local_models_register_lazily_and_run_one_at_a_time(monkeypatch, litellm):
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": -0.1},
+        {"max_tokens": 0},
+        {"timeout": 0},
+        {"retries": -1},
+        {"max_concurrency": 0},
+        {"budget_usd": 0},
+        {"budget_tokens": 0},
+        {"temprature": 0.5},  # a misspelt setting is refused, not ignored
+    ],
+)
+def test_config_refuses_settings_out_of_range_or_unknown(bad):
+    with pytest.raises(pydantic.ValidationError):
+        LLMConfig(**bad)
+
+
+def test_config_is_frozen_and_described_without_operational_settings():
+    config = LLMConfig(model="openai/m", api_base="", budget_usd=1.0, timeout=5, retries=0)
+    with pytest.raises(pydantic.ValidationError):
+        config.temperature = 1.0
+    assert config.api_base is None  # an unset endpoint variable arrives as ""
+    assert not config.embedded and LLMConfig().embedded
+    described = {"model": "openai/m", "temperature": 0.0, "max_tokens": 256, "seed": 0, "budget_usd": 1.0}
+    assert config.describe() == described
+    client = LLMClient(config, cache=ResponseCache.memory())
+    assert client.describe() == {**described, "cache": ":memory:"} and client.model == "openai/m"
+
+
+def test_client_takes_its_settings_from_the_config_only():
+    with pytest.raises(TypeError, match="LLMConfig"):
+        LLMClient("openai/m")
+    # Sent to litellm, a setting would change answers without changing the cache key.
+    with pytest.raises(TypeError, match="max_tokens, temperature"):
+        LLMClient(LLMConfig(), temperature=0.5, max_tokens=3)
+
+
+def test_prepare_runs_only_when_a_request_is_sent():
+    prepared = []
+    client = mock_client(prepare=lambda: prepared.append(True))
+    client.cache.put(client.key(ask("seen")), Completion(text="from cache"))
+    completions, _ = client.complete([ask("seen")])
+    assert completions[0].text == "from cache" and not prepared  # nothing to generate, nothing loaded
+    completions, _ = client.complete([ask("new"), ask("other")])
+    assert [c.text for c in completions] == ["a property"] * 2 and prepared == [True]
+
+
+def test_a_locked_cache_file_is_waited_for(tmp_path):
+    path = tmp_path / "cache.duckdb"
+    ResponseCache(path).put("k", Completion(text="kept"))
+    # Another process (a Dagster step) holds the file for a moment.
+    hold = (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]);"
+        "print('held', flush=True); time.sleep(1.5)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for read_only in (False, True):
+            with pytest.raises(duckdb.IOException, match="(?i)lock"):
+                connect_duckdb(path, timeout=0, read_only=read_only)
+        assert ResponseCache(path, lock_timeout=30).get_many(["k"])["k"].text == "kept"
+    finally:
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    with connect_duckdb(path, timeout=0, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM llm_responses").fetchone() == (1,)
+
+
+def test_local_models_register_lazily_and_run_one_at_a_time(monkeypatch, litellm, tmp_path):
+    from instruct_lf_dagster import models
+
     registered = []
-    fake = types.SimpleNamespace(register=lambda: registered.append(True))
-    monkeypatch.setattr(core_package, "local_models", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "instruct_lf_dagster.core.local_models", fake)
+    monkeypatch.setattr(models, "register", lambda home, threads: registered.append((home, threads)))
     real = litellm.completion
     monkeypatch.setattr(litellm, "completion", lambda **kw: real(**{**kw, "model": PRICED_MODEL}))
 
     cache = ResponseCache.memory()
-    client = LLMClient("llamacpp/smollm2-135m", max_concurrency=8, cache=cache, mock_response="ok")
+    config = LLMConfig(model="llamacpp/smollm2-135m", max_concurrency=8)
+    # What the LLM resource hands over for llamacpp/ models: models.register with the data directory.
+    client = LLMClient(config, cache=cache, prepare=lambda: models.register(tmp_path, 2), mock_response="ok")
     assert client.max_concurrency == 1
     cache.put(client.key(ask("seen")), Completion(text="from cache"))
     completions, _ = client.complete([ask("seen")])
     assert completions[0].text == "from cache" and not registered  # nothing to generate, nothing loaded
     completions, _ = client.complete([ask("new")])
-    assert completions[0].text == "ok" and registered == [True]
+    assert completions[0].text == "ok" and registered == [(tmp_path, 2)]
 
 
 # A real OpenAI-compatible server on 127.0.0.1: litellm's HTTP path, error mapping and timeouts.
@@ -350,7 +431,8 @@ class FakeServer:
     def client(self, **settings) -> LLMClient:
         settings.setdefault("cache", ResponseCache.memory())
         settings.setdefault("retry_backoff", 0.01)
-        return LLMClient("openai/test-model", api_base=self.api_base, api_key="sk-test", **settings)
+        config, rest = split({"model": "openai/test-model", "api_base": self.api_base, **settings})
+        return LLMClient(config, api_key="sk-test", **rest)
 
     def close(self):
         self.httpd.shutdown()

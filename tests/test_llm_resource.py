@@ -1,14 +1,19 @@
-"""LLMResource: config reaches the client, EnvVar keys resolve and never show, the cache lives in the data dir."""
+"""LLMResource: LLMConfig's settings in Dagster's config, EnvVar keys resolve and never show, the cache and the
+embedded models live where the resource says."""
 
 import json
+import sys
+import types
 
 import dagster as dg
+import pydantic
 import pytest
 
-from instruct_lf_dagster.assets.proposals import client_for
+import instruct_lf_dagster
 from instruct_lf_dagster.components import Discovery
-from instruct_lf_dagster.core.llm import LLMClient
-from instruct_lf_dagster.resources.llm import DEFAULT_MODEL, LLMResource
+from instruct_lf_dagster.core.llm import DEFAULT_MODEL, Completion, LLMClient, LLMConfig
+from instruct_lf_dagster.core.llm.transport import load_litellm
+from instruct_lf_dagster.resources.llm import LLMResource
 from instruct_lf_dagster.resources.storage import LocalStorage
 
 SECRET = "sk-resource-secret-42"
@@ -29,23 +34,74 @@ def test_config_reaches_the_client(tmp_path):
         seed=11,
     )
     client = resource.get_client()
-    assert isinstance(client, LLMClient)
-    assert (client.model, client.api_base, client.temperature, client.max_tokens) == (
-        "openai/gpt-4o-mini",
-        "http://127.0.0.1:9/v1",
-        0.3,
-        64,
+    assert isinstance(client, LLMClient) and type(client.config) is LLMConfig
+    assert client.config == LLMConfig(
+        model="openai/gpt-4o-mini",
+        api_base="http://127.0.0.1:9/v1",
+        temperature=0.3,
+        max_tokens=64,
+        timeout=5.0,
+        retries=1,
+        max_concurrency=2,
+        budget_usd=0.5,
+        budget_tokens=1000,
+        seed=11,
     )
-    assert (client.timeout, client.retries, client.max_concurrency, client.seed) == (5.0, 1, 2, 11)
-    assert (client.budget_usd, client.budget_tokens) == (0.5, 1000)
+    assert client.max_concurrency == 2
     assert client.cache.path == str(tmp_path / "cache.duckdb") and (tmp_path / "cache.duckdb").exists()
 
 
-def test_default_cache_lives_in_the_data_dir(data_home):
+def test_without_a_cache_path_the_cache_is_in_memory(data_home):
     client = LLMResource().get_client()
     assert client.model == DEFAULT_MODEL and client.max_concurrency == 1  # the embedded model
-    assert client.cache.path == str(data_home / "llm_cache.duckdb")
-    assert (data_home / "llm_cache.duckdb").exists()
+    assert client.cache.path == ":memory:"
+    assert not (data_home / "llm_cache.duckdb").exists()  # no file the resource was not told about
+
+
+def test_the_settings_are_llm_configs_declared_once(monkeypatch):
+    for name, field in LLMConfig.model_fields.items():
+        inherited = LLMResource.model_fields[name]
+        assert (inherited.default, inherited.description) == (field.default, field.description), name
+    with pytest.raises(pydantic.ValidationError):  # LLMConfig's range checks hold in the resource
+        LLMResource(temperature=-1.0)
+    with pytest.raises(pydantic.ValidationError):
+        LLMResource(max_concurency=2)
+
+    # What Dagster's UI shows: every setting, with its description and default.
+    fields = LLMResource.to_config_schema().as_field().config_type.fields
+    own = {"api_key", "max_documents_per_batch", "cache_path", "models_home", "llm_threads"}
+    assert set(fields) == set(LLMConfig.model_fields) | own
+    assert fields["max_tokens"].default_value == 256 and fields["max_tokens"].description
+    assert fields["model"].default_value == DEFAULT_MODEL
+
+    monkeypatch.setenv("TEST_LLM_KEY", SECRET)
+    resource = LLMResource(model="openai/gpt-4o-mini", api_key=dg.EnvVar("TEST_LLM_KEY"), budget_usd=1.0)
+    dg.Definitions.validate_loadable(dg.Definitions(resources={"llm": resource}))
+
+
+def test_embedded_models_register_from_models_home_when_a_request_is_sent(monkeypatch, tmp_path):
+    litellm = load_litellm()
+    real = litellm.completion
+    # The fake registers no provider: a priced model answers the mock instead.
+    monkeypatch.setattr(litellm, "completion", lambda **kw: real(**{**kw, "model": "gpt-4o-mini"}))
+    registered = []
+    fake = types.SimpleNamespace(register=lambda home, threads: registered.append((home, threads)))
+    monkeypatch.setitem(sys.modules, "instruct_lf_dagster.models", fake)
+    monkeypatch.setattr(instruct_lf_dagster, "models", fake, raising=False)
+
+    resource = LLMResource(model="llamacpp/smollm2-135m", models_home=str(tmp_path), llm_threads=3)
+    client = resource.get_client()
+    client.litellm_kwargs["mock_response"] = "ok"
+    client.cache.put(client.key([{"role": "user", "content": "seen"}]), Completion(text="from cache"))
+    client.complete([[{"role": "user", "content": "seen"}]])
+    assert registered == []  # answered from the cache: llama.cpp is not needed
+    completions, _ = client.complete([[{"role": "user", "content": "new"}]])
+    assert completions[0].text == "ok" and registered == [(tmp_path, 3)]
+
+    unset = LLMResource(model="llamacpp/smollm2-135m").get_client()
+    with pytest.raises(ValueError, match="models_home is not set"):
+        unset.complete([[{"role": "user", "content": "new"}]])
+    assert LLMResource(model="openai/gpt-4o-mini").get_client()._prepare is None  # hosted: nothing to load
 
 
 def test_env_var_key_resolves_and_never_shows(monkeypatch, tmp_path):
@@ -68,9 +124,10 @@ def test_a_discovery_model_gets_neither_the_environment_endpoint_nor_its_key(mon
         model="hosted_vllm/qwen", api_base="http://vllm:8000/v1", api_key=dg.EnvVar("TEST_LLM_KEY")
     )
     same = resource.get_client(model="hosted_vllm/qwen")
-    assert (same.api_base, same._api_key) == ("http://vllm:8000/v1", SECRET)
+    assert (same.config.api_base, same._api_key) == ("http://vllm:8000/v1", SECRET)
     other = resource.get_client(model="openai/gpt-4o-mini")
-    assert (other.api_base, other._api_key) == (None, None)  # litellm reads the provider's own variable
+    # Neither is sent: litellm reads the provider's own variable.
+    assert (other.config.api_base, other._api_key) == (None, None)
     assert resource.get_client(model="openai/gpt-4o-mini", api_key="sk-own")._api_key == "sk-own"
 
 
@@ -84,11 +141,11 @@ def test_a_discovery_key_variable_that_is_not_set_fails_naming_it(monkeypatch, t
         }
     )
     resource = LLMResource(cache_path=str(tmp_path / "cache.duckdb"))
-    storage = LocalStorage(database=str(tmp_path / "t.duckdb"))
+    storage = LocalStorage(home=str(tmp_path / "home"))
     with pytest.raises(dg.Failure, match="churn: llm.api_key_env names NO_SUCH_LLM_KEY, which is not set"):
-        client_for(d, resource, storage)
+        resource.client_for(d.name, d.llm, storage.response_cache())
     monkeypatch.setenv("NO_SUCH_LLM_KEY", SECRET)
-    assert client_for(d, resource, storage)._api_key == SECRET
+    assert resource.client_for(d.name, d.llm, storage.response_cache())._api_key == SECRET
 
 
 @pytest.mark.integration
@@ -109,10 +166,23 @@ def test_resource_serves_an_asset(monkeypatch):
         result = dg.materialize(
             [answers],
             resources={"llm": LLMResource(model="openai/gpt-4o-mini", api_key=dg.EnvVar("TEST_LLM_KEY"))},
+            # As the launchpad would: run config replaces the resource's values, inherited settings included.
+            run_config={
+                "resources": {
+                    "llm": {
+                        "config": {
+                            "model": "openai/gpt-4o-mini",
+                            "api_key": {"env": "TEST_LLM_KEY"},
+                            "max_tokens": 32,
+                        }
+                    }
+                }
+            },
             instance=instance,
         )
     assert result.success
     assert result.output_for_node("answers") == ["a property"]
     metadata = result.asset_materializations_for_node("answers")[0].metadata
     assert metadata["calls"].value == 1 and metadata["model"].value == "openai/gpt-4o-mini"
+    assert metadata["max_tokens"].value == 32
     assert not any(SECRET in str(value.value) for value in metadata.values())

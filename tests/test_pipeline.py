@@ -10,9 +10,10 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from instruct_lf_dagster.assets import discovery_definitions, documents
+from instruct_lf_dagster.assets import documents
 from instruct_lf_dagster.automation import all_batches_tags
 from instruct_lf_dagster.components import Discovery
+from instruct_lf_dagster.components.discovery import discovery_definitions
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox
@@ -55,7 +56,7 @@ def write_batches(folder: Path, count: int = 3) -> list[str]:
 
 
 def local_resources(tmp_path: Path) -> dict:
-    storage = LocalStorage(database=str(tmp_path / "platform.duckdb"), artefacts=str(tmp_path / "artefacts"))
+    storage = LocalStorage(home=str(tmp_path / "home"))
     return {
         "io_manager": StorageIOManager(storage=storage),
         "storage": storage,
@@ -67,7 +68,7 @@ def local_resources(tmp_path: Path) -> dict:
 
 def graph(*discoveries: Discovery) -> list:
     """The shared documents and every asset and check of `discoveries`."""
-    defs = dg.Definitions.merge(*(discovery_definitions(d) for d in discoveries))
+    defs = dg.Definitions.merge(*(discovery_definitions(d.spec()) for d in discoveries))
     return [documents, *defs.assets, *defs.asset_checks]
 
 
@@ -173,7 +174,7 @@ def test_s3_environment(tmp_path, keyword_llm, instance, s3_bucket):
     for key in keys:
         s3.get_client().upload_file(str(tmp_path / "local_inbox" / key), bucket, f"inbox/{key}")
     instance.add_dynamic_partitions(batches.name, keys)
-    storage = S3Storage(s3=s3, bucket=bucket, prefix="prod")
+    storage = S3Storage(s3=s3, bucket=bucket, prefix="prod", local_cache=str(tmp_path / "home" / "s3_cache"))
     resources = {
         **local_resources(tmp_path),
         "io_manager": StorageIOManager(storage=storage),
@@ -230,7 +231,9 @@ def test_the_method_object_and_the_asset_graph_agree_under_a_proposal_budget(tmp
     assert 0 < len(proposed) < len(docs) and keyword_llm.proposal_calls == len(proposed)
     assert set(proposed["document_id"]) == {
         i
-        for i, p in zip(docs["document_id"], d.budget().pick("reviews", docs["document_id"]), strict=True)
+        for i, p in zip(
+            docs["document_id"], d.proposal_budget.pick("reviews", docs["document_id"]), strict=True
+        )
         if p
     }
     scores = table(resources, "reviews__document_factors", keys)
@@ -239,11 +242,12 @@ def test_the_method_object_and_the_asset_graph_agree_under_a_proposal_budget(tmp
     # The method object, given the same proposals (None: not proposed), runs the same stages bit for bit.
     from instruct_lf_dagster.assets.matrix import read
     from instruct_lf_dagster.core.compatibility import EmbeddingCache
+    from instruct_lf_dagster.core.config import ComputeConfig
     from instruct_lf_dagster.core.corex import CorexStatistics
 
     aligned = docs.merge(proposed, on=["batch", "document_id"], how="left")["properties"]
     proposals = [list(p) if isinstance(p, list | np.ndarray) else None for p in aligned]
-    method = d.method(device="cpu", encode_batch_size=16).fit(docs["text"].tolist(), proposals)
+    method = d.spec().instruct_lf(ComputeConfig(encode_batch_size=16)).fit(docs["text"].tolist(), proposals)
     storage = resources["storage"]
     assert method.vocabulary_ == storage.load_artefact("reviews__vocabulary")
     assert method.linker_.fingerprint == storage.load_artefact("reviews__linker").fingerprint
@@ -347,7 +351,7 @@ def test_a_refit_after_a_new_batch_keeps_its_factors_and_follows_them(tmp_path, 
 
     # The HTML report: a card per factor, inside its theme.
     page = again.asset_materializations_for_node("reviews__html_report")[0].metadata["report"].value
-    assert Path(page).parent == Path(storage.artefacts)
+    assert Path(page).parent == Path(storage.home).resolve() / "artefacts"
     text = Path(page).read_text()
     assert text.count('<article class="card"') == after["factor"].nunique()
     assert text.count('<section class="theme"') == after["theme"].nunique()
@@ -356,13 +360,14 @@ def test_a_refit_after_a_new_batch_keeps_its_factors_and_follows_them(tmp_path, 
 
 def test_a_run_goes_on_without_a_batch_whose_file_is_gone(tmp_path, keyword_llm, monkeypatch):
     from instruct_lf_dagster import definitions, run
+    from instruct_lf_dagster.settings import Settings
 
     write_batches(tmp_path / "inbox", count=2)
     resources = local_resources(tmp_path)
-    monkeypatch.setitem(definitions.RESOURCES, "test", lambda: resources)
+    monkeypatch.setitem(definitions.RESOURCES, "local", lambda settings: resources)
     with dg.instance_for_test() as inst:
         inst.add_dynamic_partitions(batches.name, ["gone.jsonl"])  # registered, then its file was deleted
-        results = run.run_discovery("movie_critics", env="test", inst=inst)
+        results = run.run_discovery(Settings(env="local"), "movie_critics", inst)
         assert run.unread(results) == ["gone.jsonl"]
         assert results[-1].success
         report = table(resources, "movie_critics__document_factors", ["reviews_0.jsonl", "reviews_1.jsonl"])

@@ -148,23 +148,26 @@ def test_propose_aligns_results_and_failures():
 
 
 def test_the_budget_picks_the_same_documents_every_time_and_grows_without_dropping():
-    from instruct_lf_dagster.core.proposals import Budget
+    from instruct_lf_dagster.core.proposals import ProposalBudget
 
     ids = [f"doc{i}" for i in range(500)]
-    half = Budget(fraction=0.5).pick("churn", ids)
-    assert half == Budget(fraction=0.5).pick("churn", ids)  # deterministic
+    half = ProposalBudget(fraction=0.5).pick("churn", ids)
+    assert half == ProposalBudget(fraction=0.5).pick("churn", ids)  # deterministic
     assert 200 < sum(half) < 300
-    assert half != Budget(fraction=0.5).pick("features", ids)  # each discovery draws its own
+    assert half != ProposalBudget(fraction=0.5).pick("features", ids)  # each discovery draws its own
     # The pick of a document depends on its id only: not on the batch it sits in or its neighbours.
-    assert Budget(fraction=0.5).pick("churn", ids[::-1]) == half[::-1]
+    assert ProposalBudget(fraction=0.5).pick("churn", ids[::-1]) == half[::-1]
     smaller, larger = (
         set(i for i, p in zip(ids, b.pick("churn", ids), strict=True) if p)
         for b in (
-            Budget(max_documents=40, fraction=0.5),
-            Budget(max_documents=80, fraction=0.8),
+            ProposalBudget(max_documents=40, fraction=0.5),
+            ProposalBudget(max_documents=80, fraction=0.8),
         )
     )
     assert len(smaller) == 40 and len(larger) == 80 and smaller <= larger
-    assert sum(Budget().pick("churn", ids)) == 500 and sum(Budget(max_documents=0).pick("churn", ids)) == 0
+    assert (
+        sum(ProposalBudget().pick("churn", ids)) == 500
+        and sum(ProposalBudget(max_documents=0).pick("churn", ids)) == 0
+    )
     with pytest.raises(ValueError, match="fraction"):
-        Budget(fraction=1.5)
+        ProposalBudget(fraction=1.5)

@@ -23,11 +23,11 @@ def _rows(batch: str, n: int, offset: float = 0.0) -> pd.DataFrame:
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
-def storage(request, tmp_path):
+def storage(request, data_home):
     if request.param == "local":
-        return LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "artefacts"))
+        return LocalStorage(home=str(data_home))
     s3, bucket = request.getfixturevalue("s3_bucket")
-    return S3Storage(s3=s3, bucket=bucket, prefix="unit")
+    return S3Storage(s3=s3, bucket=bucket, prefix="unit", local_cache=str(data_home / "s3_cache"))
 
 
 def test_batches_are_replaced_not_duplicated(storage):
@@ -83,8 +83,8 @@ def test_unknown_objects_are_not_stored(storage):
         storage.save_artefact("thing", object())
 
 
-def test_hostile_batch_names_are_bound_not_spliced(tmp_path):
-    storage = LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "a"))
+def test_hostile_batch_names_are_bound_not_spliced(data_home):
+    storage = LocalStorage(home=str(data_home))
     evil = "x'); DROP TABLE docs; --"
     storage.write_table("docs", _rows("ok", 1), ["ok"])
     storage.write_table("docs", _rows(evil, 1), [evil])
@@ -112,29 +112,30 @@ def test_a_batch_compatibility_matrix_reads_back_bit_for_bit_and_alone(storage):
         read(storage, "compat", "b1", 8)
 
 
-def test_local_batches_are_files_of_their_own_and_a_duckdb_view(tmp_path):
+def test_local_batches_are_files_of_their_own_and_a_duckdb_view(data_home):
     import duckdb
 
-    storage = LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "a"))
+    storage = LocalStorage(home=str(data_home))
     storage.write_table("docs", _rows("a", 2), ["a"])
     storage.write_table("docs", _rows("b/c", 1), ["b/c"])
     # Reading one batch opens only its file: a damaged neighbour does not matter.
-    (tmp_path / "t_tables" / "docs" / "a.parquet").write_bytes(b"not parquet")
+    (data_home / "instruct_lf_tables" / "docs" / "a.parquet").write_bytes(b"not parquet")
     assert storage.read_table("docs", ["b/c"])["document_id"].tolist() == ["b/c-0"]
     storage.write_table("docs", _rows("a", 3), ["a"])
-    with duckdb.connect(str(tmp_path / "t.duckdb")) as con:
+    with duckdb.connect(str(data_home / "instruct_lf.duckdb")) as con:
         assert con.execute("SELECT count(*) FROM docs").fetchone()[0] == 4
     assert storage.has_table("docs")
 
 
-def test_a_partitioned_table_stored_whole_in_duckdb_moves_to_files(tmp_path):
+def test_a_partitioned_table_stored_whole_in_duckdb_moves_to_files(data_home):
     import duckdb
 
-    with duckdb.connect(str(tmp_path / "t.duckdb")) as con:
+    data_home.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(data_home / "instruct_lf.duckdb")) as con:
         old = pd.concat([_rows("a", 2), _rows("b", 1)], ignore_index=True)
         con.register("old", old)
         con.execute("CREATE TABLE docs AS SELECT * FROM old")
-    storage = LocalStorage(database=str(tmp_path / "t.duckdb"), artefacts=str(tmp_path / "a"))
+    storage = LocalStorage(home=str(data_home))
     assert storage.read_table("docs", ["a"])["document_id"].tolist() == ["a-0", "a-1"]  # read before a write
     storage.write_table("docs", _rows("b", 2, offset=5), ["b"])
     both = storage.read_table("docs", ["a", "b"]).sort_values("document_id")
@@ -159,9 +160,9 @@ def test_a_storage_travels_to_another_process_as_its_settings(storage):
 
 
 @pytest.mark.integration
-def test_llm_answers_persist_in_the_bucket_across_caches(s3_bucket):
+def test_llm_answers_persist_in_the_bucket_across_caches(s3_bucket, data_home):
     s3, bucket = s3_bucket
-    storage = S3Storage(s3=s3, bucket=bucket, prefix="prod")
+    storage = S3Storage(s3=s3, bucket=bucket, prefix="prod", local_cache=str(data_home / "s3_cache"))
     first = storage.response_cache()
     first.put("k1", Completion(text="Comedy genre", prompt_tokens=12, completion_tokens=3, cost_usd=0.001))
     with pytest.raises(ValueError, match="only successful"):
@@ -174,4 +175,60 @@ def test_llm_answers_persist_in_the_bucket_across_caches(s3_bucket):
     for damaged in (b"{not json", b'{"text": "x"}', b"[]"):  # e.g. a partial write by another tool
         s3.get_client().put_object(Bucket=bucket, Key="prod/llm_cache/k1.json", Body=damaged)
         assert again.get_many(["k1"]) == {}  # asked again, not a failed run
-    assert LocalStorage(database=":memory:").response_cache() is None  # the LLM resource's DuckDB file
+    assert LocalStorage(home=str(data_home)).response_cache() is None  # the LLM resource's DuckDB file
+
+
+def test_an_asset_key_and_its_table_name_address_the_same_table(storage):
+    import dagster as dg
+
+    key = dg.AssetKey(["reviews", "compatibility"])
+    assert storage.table_name(key) == "reviews__compatibility"
+    storage.write_table(key, _rows("a", 2), ["a"])
+    assert storage.read_table("reviews__compatibility", ["a"])["document_id"].tolist() == ["a-0", "a-1"]
+    report = dg.AssetKey(["reviews", "factor_report"])
+    assert not storage.has_table(report)
+    storage.write_table(report, pd.DataFrame({"factor": [1]}), None)
+    assert storage.has_table(report)
+    assert storage.read_table("reviews__factor_report")["factor"].tolist() == [1]
+    vocab = Vocabulary.fit([["Dark humor"]])
+    storage.save_artefact(dg.AssetKey(["reviews", "vocabulary"]), vocab)
+    assert storage.load_artefact("reviews__vocabulary") == vocab
+
+
+def test_the_io_manager_stores_an_asset_under_its_table_name(data_home):
+    import dagster as dg
+
+    from instruct_lf_dagster.resources.storage import StorageIOManager
+
+    @dg.asset(key=["films", "report"])
+    def report() -> pd.DataFrame:
+        return pd.DataFrame({"factor": [0, 1]})
+
+    @dg.asset(ins={"upstream": dg.AssetIn(["films", "report"])})
+    def downstream(upstream: pd.DataFrame) -> pd.DataFrame:
+        return upstream.assign(factor=upstream["factor"] + 1)
+
+    storage = LocalStorage(home=str(data_home))
+    io_manager = StorageIOManager(storage=storage)
+    assert dg.materialize([report, downstream], resources={"io_manager": io_manager}).success
+    assert storage.read_table("films__report")["factor"].tolist() == [0, 1]
+    assert storage.read_table(dg.AssetKey("downstream"))["factor"].tolist() == [1, 2]
+
+
+def test_scratch_dir_is_a_local_folder_of_the_storage(data_home, tmp_path):
+    from dagster_aws.s3 import S3Resource
+
+    # Locally the data directory itself: where the embedding caches have always been.
+    assert LocalStorage(home=str(data_home)).scratch_dir() == data_home.resolve()
+    remote = S3Storage(s3=S3Resource(), bucket="b", local_cache=str(tmp_path / "cache"))
+    assert remote.scratch_dir() == tmp_path / "cache" and (tmp_path / "cache").is_dir()
+
+
+@pytest.mark.integration
+def test_s3_artefacts_are_downloaded_into_its_local_cache(s3_bucket, tmp_path):
+    s3, bucket = s3_bucket
+    storage = S3Storage(s3=s3, bucket=bucket, prefix="unit", local_cache=str(tmp_path / "cache"))
+    vocab = Vocabulary.fit([["Dark humor"]])
+    storage.save_artefact("vocabulary", vocab)
+    assert storage.load_artefact("vocabulary") == vocab
+    assert (tmp_path / "cache" / bucket / "unit" / "artefacts" / "vocabulary" / "manifest.json").exists()

@@ -1,28 +1,39 @@
-"""Assets: the shared `documents`, and the assets, jobs and refit schedule that each discovery builds."""
+"""Assets: the shared `documents`, and each discovery's assets and checks, a module per asset."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dagster as dg
 
-from instruct_lf_dagster.assets import discovery, proposals, reporting, scoring
+from instruct_lf_dagster.assets import (
+    compatibility,
+    document_factors,
+    factor_report,
+    factors,
+    html_report,
+    linker,
+    prevalence,
+    proposals,
+    vocabulary,
+)
 from instruct_lf_dagster.assets.documents import documents
-from instruct_lf_dagster.automation import discovery_jobs, refit_schedule
+from instruct_lf_dagster.core.discovery import DiscoverySpec
 
-if TYPE_CHECKING:
-    from instruct_lf_dagster.components.discovery import Discovery
+__all__ = ["discovery_assets", "documents"]
 
-__all__ = ["discovery_definitions", "documents"]
+# In the order the stages run (see core.discovery.STAGES).
+_MODULES = (
+    proposals,
+    vocabulary,
+    linker,
+    compatibility,
+    factors,
+    factor_report,
+    document_factors,
+    prevalence,
+    html_report,
+)
 
 
-def discovery_definitions(d: Discovery) -> dg.Definitions:
-    """Everything one discovery adds: `<name>/...` assets and checks, its two jobs and its refit schedule."""
-    built = [*proposals.build(d), *discovery.build(d), *scoring.build(d), *reporting.build(d)]
-    refit, score = discovery_jobs(d)
-    return dg.Definitions(
-        assets=[a for a in built if not isinstance(a, dg.AssetChecksDefinition)],
-        asset_checks=[c for c in built if isinstance(c, dg.AssetChecksDefinition)],
-        jobs=[refit, score],
-        schedules=[refit_schedule(d, refit)],
-    )
+def discovery_assets(d: DiscoverySpec) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
+    """Every `<name>/...` asset and asset check of one discovery."""
+    return [built for module in _MODULES for built in module.build(d)]

@@ -1,12 +1,10 @@
 """Documents: each inbox file (a batch) read into rows of text, with bad input reported, never silently lost."""
 
-import io
-import json
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from instruct_lf_dagster.core.records import RecordsError, read_records
 from instruct_lf_dagster.partitions import batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.inbox import Inbox
 
@@ -24,37 +22,13 @@ class BatchError(ValueError):
 
 
 def _rows(name: str, data: bytes) -> tuple[pd.DataFrame, int]:
-    """The file's rows as strings, and how many lines or rows could not be decoded."""
-    if name.lower().endswith(".parquet"):
-        try:
-            return pd.read_parquet(io.BytesIO(data)).astype(str), 0
-        except Exception as exc:
-            raise BatchError(f"{name}: not a readable Parquet file ({exc})") from exc
-    text = data.decode("utf-8", errors="replace")
-    if name.lower().endswith(".csv"):
-        try:
-            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), 0
-        except Exception as exc:
-            raise BatchError(f"{name}: not a readable CSV file ({exc})") from exc
-    if text.lstrip().startswith("["):
-        try:
-            return pd.DataFrame(json.loads(text)), 0
-        except Exception as exc:
-            raise BatchError(f"{name}: not a readable JSON array ({exc})") from exc
-    records, bad = [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            bad += 1
-    return pd.DataFrame(records), bad
+    """The file's rows, and how many JSON lines could not be decoded (skipped, not fatal)."""
+    bad: list[int] = []
+    try:
+        frame = read_records(name, data, on_bad_line=lambda number, _reason: bad.append(number))
+    except RecordsError as exc:
+        raise BatchError(str(exc)) from exc
+    return frame, len(bad)
 
 
 def read_batch(batch: str, name: str, data: bytes, config: DocumentsConfig) -> tuple[pd.DataFrame, dict]:

@@ -1,42 +1,26 @@
 """Proposals: the discovery's LLM describes each document with goal-related properties (step 1a)."""
 
-from typing import TYPE_CHECKING
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from instruct_lf_dagster.core.llm import LLMClient
+from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.core.proposals import propose
-from instruct_lf_dagster.partitions import DOCUMENTS, batches, refuse_narrowed_backfill, single_run
+from instruct_lf_dagster.partitions import DOCUMENTS, asset_key, batches, refuse_narrowed_backfill, single_run
 from instruct_lf_dagster.resources.llm import LLMResource
 from instruct_lf_dagster.resources.storage import Storage
-
-if TYPE_CHECKING:
-    from instruct_lf_dagster.components.discovery import Discovery
-
-
-def client_for(d: "Discovery", llm: LLMResource, storage: Storage) -> LLMClient:
-    """The discovery's LLM: its own model and key when its YAML names them, else the environment's; answers
-    cached where the storage keeps them (in production with the data, since run pods do not last)."""
-    api_key = None
-    if d.llm.api_key_env:
-        api_key = dg.EnvVar(d.llm.api_key_env).get_value()
-        if not api_key:
-            raise dg.Failure(f"{d.name}: llm.api_key_env names {d.llm.api_key_env}, which is not set")
-    return llm.get_client(model=d.llm.model, api_key=api_key, cache=storage.response_cache())
 
 
 class FailureRateConfig(dg.Config):
     max_failure_rate: float = Field(default=0.1, description="largest acceptable share of failed LLM calls")
 
 
-def build(d: "Discovery") -> list:
+def build(d: DiscoverySpec) -> list:
     """The proposals asset of a discovery and its failure-rate check."""
     versions = d.versions()
 
     @dg.asset(
-        key=d.key("proposals"),
+        key=asset_key(d, "proposals"),
         ins={"documents": dg.AssetIn(DOCUMENTS)},
         partitions_def=batches,
         backfill_policy=single_run,
@@ -44,7 +28,7 @@ def build(d: "Discovery") -> list:
         pool="llm",
         kinds={"llm"},
         code_version=versions["proposals"],
-        description=f"Properties the LLM proposes for each document towards the goal: {d.goal}",
+        description=f"Properties the LLM proposes for each document towards the goal: {d.goal.text}",
     )
     def proposals(
         context: dg.AssetExecutionContext, documents: pd.DataFrame, llm: LLMResource, storage: Storage
@@ -56,7 +40,7 @@ def build(d: "Discovery") -> list:
         """
         refuse_narrowed_backfill(context)
         total = len(documents)
-        budget = d.budget(llm.max_documents_per_batch)
+        budget = d.proposal_budget(llm.max_documents_per_batch)
         # The budget applies per batch: a run over several batches picks in each.
         picked = documents.groupby("batch", sort=False)["document_id"].transform(
             lambda ids: budget.pick(d.name, ids.tolist())
@@ -69,7 +53,10 @@ def build(d: "Discovery") -> list:
                 context.log.info(f"{d.name}/proposals: {done}/{total} documents")
 
         result = propose(
-            client_for(d, llm, storage), d.to_goal(), documents["text"].tolist(), progress=progress
+            llm.client_for(d.name, d.llm, storage.response_cache()),
+            d.goal,
+            documents["text"].tolist(),
+            progress=progress,
         )
         metadata = result.usage.as_metadata()
         if result.usage.budget_exhausted:

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
+from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 
 from instruct_lf_dagster.core.corex import OPTIMIZERS, LinearCorex, objective
@@ -92,13 +93,18 @@ def main(args: argparse.Namespace) -> dict:
         f"Linear CorEx, n={n} P={p} m={args.m} ({source}), threads={args.threads or 'all'}, "
         f"ours: {args.optimizer}, l1={args.l1}"
     )
-    print(f"{'model':<22}{'seconds':>9}{'objective':>12}{'iterations':>12}{'planted ARI':>13}")
-    for name, seconds, value, iters, ari in (
+    rows = [
         (f"ours ({args.optimizer})", ours_seconds, ours_objective, ours.n_iter_, ari_ours),
         ("linearcorex 0.53", reference_seconds, reference_objective, len(ref.history["TC"]), ari_ref),
-    ):
-        shown = "-" if ari is None else f"{ari:.3f}"
-        print(f"{name:<22}{seconds:>9.2f}{value:>12.3f}{iters:>12d}{shown:>13}")
+    ]
+    print(
+        tabulate(
+            rows,
+            headers=["model", "seconds", "objective", "iterations", "planted ARI"],
+            floatfmt=("", ".2f", ".3f", "", ".3f"),
+            missingval="-",  # no planted groups to score against (--matrix)
+        )
+    )
     print(
         f"speedup {reference_seconds / ours_seconds:.2f}x (target >= 5); objective gap {100 * gap:+.3f}% "
         "= (ours - reference) / |reference|, lower objective is better, so > 0 means ours is worse (target <= 1%)"

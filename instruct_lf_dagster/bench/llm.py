@@ -7,7 +7,7 @@ sent through the real `LLMClient` (litellm -> provider `llamacpp`) with a fresh 
 The limit of a document is what the model's raw speed allows for the tokens it actually processed:
     limit = (prompt tokens not in the KV cache) / read_rate + (completion tokens) / decode_rate
 The first document pays for reading the prefix; later ones read only their own tokens (token counts from
-`local_models.counters()`). read_rate and decode_rate (tokens/s) are measured in the same process just before
+`models.counters()`). read_rate and decode_rate (tokens/s) are measured in the same process just before
 and just after the documents, then averaged; each measurement is the best of two runs of a 256-token prompt
 read from an empty cache followed by 48 greedy tokens. seconds_per_doc is the wall time of
 `LLMClient.complete` per document (cache lookups, litellm, chat template, grammar sampling included), and
@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from instruct_lf_dagster.core import local_models
-from instruct_lf_dagster.core.llm import LLMClient, ResponseCache
+from instruct_lf_dagster import models
+from instruct_lf_dagster.core.llm import LLMClient, LLMConfig, ResponseCache
+from instruct_lf_dagster.settings import quiet_openmp
 
 SYSTEM = (
     "You analyse movie reviews for a movie recommender. Goal: find what decides which movie this viewer "
@@ -85,42 +86,51 @@ def messages_for(document: str) -> list[dict]:
     ]
 
 
-def _warm_up(model: str) -> None:
+def _warm_up(model: str, home: Path, threads: int) -> None:
     """Pay the one-time costs (litellm import and first call, model load) before anything is timed."""
-    local_models.register()  # before litellm is imported: it keeps litellm offline
+    models.register(home, threads)
     import litellm
 
     litellm.completion(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="embedded model name or .gguf path")
     parser.add_argument(
-        "--model", default=local_models.DEFAULT_MODEL, help="embedded model name or .gguf path"
+        "--threads",
+        type=int,
+        default=0,
+        help="llama.cpp threads (default: INSTRUCT_LF_LLM_THREADS, or every core)",
     )
     parser.add_argument("--docs", type=int, default=8, help=f"documents to run (at most {len(DOCUMENTS)})")
 
 
 def main(args: argparse.Namespace) -> dict:
+    quiet_openmp()  # before llama.cpp loads: this process decodes
     documents = DOCUMENTS[: max(1, min(args.docs, len(DOCUMENTS)))]
-    model = f"{local_models.PROVIDER}/{args.model}"
-    _warm_up(model)
-    before = local_models.measure_rates(args.model)  # also empties the KV cache: the first document reads all
+    model = f"{models.PROVIDER}/{args.model}"
+    # args.home, args.settings: the CLI's data directory and settings.
+    home, threads = args.home, args.threads or args.settings.llm_threads or os.cpu_count() or 1
+    _warm_up(model, home, threads)
+    # Also empties the KV cache: the first document reads all of its prompt.
+    before = models.measure_rates(args.model, home, threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "responses.duckdb"
-        client = LLMClient(model, temperature=0.0, max_tokens=MAX_TOKENS, seed=0, cache=ResponseCache(cache))
+        config = LLMConfig(model=model, temperature=0.0, max_tokens=MAX_TOKENS, seed=0)
+        client = LLMClient(config, cache=ResponseCache(cache))
         runs = []
         for index, document in enumerate(documents):
-            counted = local_models.counters()
+            counted = models.counters()
             start = time.perf_counter()
             [completion], _ = client.complete([messages_for(document)], response_format=RESPONSE_FORMAT)
-            runs.append((time.perf_counter() - start, local_models.counters() - counted, completion.text))
+            runs.append((time.perf_counter() - start, models.counters() - counted, completion.text))
             if not completion.ok:
                 raise RuntimeError(f"document {index}: {completion.error}")
-        _, rerun = LLMClient(
-            model, temperature=0.0, max_tokens=MAX_TOKENS, seed=0, cache=ResponseCache(cache)
-        ).complete([messages_for(document) for document in documents], response_format=RESPONSE_FORMAT)
-    after = local_models.measure_rates(args.model)
+        _, rerun = LLMClient(config, cache=ResponseCache(cache)).complete(
+            [messages_for(document) for document in documents], response_format=RESPONSE_FORMAT
+        )
+    after = models.measure_rates(args.model, home, threads)
     # Rates measured on both sides of the run, so that a change of machine load biases neither way.
     read, decode = (before.read + after.read) / 2, (before.decode + after.decode) / 2
 

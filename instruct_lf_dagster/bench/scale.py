@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tabulate import tabulate
 
 # Theme words of the factors: concrete and far apart, so that MiniLM keeps the themes apart.
 _THEMES = """
@@ -200,15 +201,13 @@ class _RSS(threading.Thread):
 
 def run_size(args: argparse.Namespace) -> dict:
     """Materialise the whole graph once on the planted corpus of this size, in this process."""
-    from instruct_lf_dagster.core.paths import offline_defaults
-
-    offline_defaults()  # before litellm is imported
     import dagster as dg
     from sklearn.metrics import adjusted_rand_score
 
-    from instruct_lf_dagster.assets import discovery_definitions, documents
+    from instruct_lf_dagster.assets import documents
     from instruct_lf_dagster.automation import all_batches_tags
     from instruct_lf_dagster.components import Discovery
+    from instruct_lf_dagster.components.discovery import discovery_definitions
     from instruct_lf_dagster.core.proposals import normalise_property
     from instruct_lf_dagster.partitions import batches
     from instruct_lf_dagster.resources.compute import ComputeResource
@@ -220,7 +219,7 @@ def run_size(args: argparse.Namespace) -> dict:
     planted = plan(args.props, n_factors, args.seed)
     texts, proposals = corpus(planted, args.docs, args.seed)
     calls = _register(dict(zip(texts, proposals, strict=True)))
-    discovery = Discovery.resolve_from_dict(
+    spec = Discovery.resolve_from_dict(
         {
             "name": NAME,
             "goal": "Which themes does a story have?",
@@ -236,11 +235,10 @@ def run_size(args: argparse.Namespace) -> dict:
             "factors": {"n_factors": n_factors, "l1": 0.0},
             "seed": args.seed,
         }
-    )
-    defs = discovery_definitions(discovery)
+    ).spec()
+    defs = discovery_definitions(spec)
     with tempfile.TemporaryDirectory(prefix="instruct-lf-scale-") as tmp, dg.instance_for_test() as instance:
         home = Path(tmp)
-        os.environ["INSTRUCT_LF_HOME"] = str(home)  # the embedding cache and anything else the assets keep
         inbox = home / "inbox"
         inbox.mkdir()
         keys = []
@@ -249,7 +247,7 @@ def run_size(args: argparse.Namespace) -> dict:
             lines = (json.dumps({"id": f"d{i}", "text": texts[i]}) for i in rows)
             (inbox / keys[-1]).write_text("\n".join(lines) + "\n")
         instance.add_dynamic_partitions(batches.name, keys)
-        storage = LocalStorage(database=str(home / "platform.duckdb"), artefacts=str(home / "artefacts"))
+        storage = LocalStorage(home=str(home))
         sampler = _RSS()
         sampler.start()
         start = time.perf_counter()
@@ -268,8 +266,8 @@ def run_size(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
         sampler.done.set()
         steps = _steps(instance, result.run_id)
-        factors = storage.load_artefact(discovery.key("latent_factors").to_python_identifier())
-        vocabulary = storage.load_artefact(discovery.key("vocabulary").to_python_identifier())
+        factors = storage.load_artefact(dg.AssetKey(spec.key("latent_factors")))
+        vocabulary = storage.load_artefact(dg.AssetKey(spec.key("vocabulary")))
 
     # Vocabulary properties are normalised spellings of planted ones: map back through the same normalisation.
     truth = {
@@ -314,10 +312,6 @@ def _measure(args: argparse.Namespace, docs: int, batches: int, log: Path) -> di
     return json.loads(result.read_text())
 
 
-def _cell(value: float | None) -> str:
-    return f"{'-' if value is None else value:>10}"
-
-
 def main(args: argparse.Namespace) -> dict:
     if args.child:
         measured = run_size(args)
@@ -335,24 +329,38 @@ def main(args: argparse.Namespace) -> dict:
         f"device {args.device}; peak RSS: "
         "the largest resident memory sampled while the stage ran, and ru_maxrss for the run"
     )
-    sizes = f"{small['docs']:>10}{full['docs']:>10}"
-    print(f"{'':<40}{'seconds':^28}{'peak RSS (GiB)':^20}")
-    print(f"{'stage':<40}{sizes}{'ratio':>8}{sizes}")
+    sizes = [f"{size['docs']} docs" for size in (small, full)]
+    rows = []
     for stage in dict.fromkeys([*small["stages"], *full["stages"]]):
         a, b = small["stages"].get(stage), full["stages"].get(stage)
-        ratio = f"{b / a:.1f}" if a and b else "-"
         peaks = [size["stage_rss_gb"].get(stage) for size in (small, full)]
-        print(f"{stage:<40}{_cell(a)}{_cell(b)}{ratio:>8}{_cell(peaks[0])}{_cell(peaks[1])}")
+        rows.append([stage, a, b, f"{b / a:.1f}" if a and b else None, *peaks])
     time_ratio = full["seconds"] / small["seconds"]
-    print(f"{'run':<40}{_cell(small['seconds'])}{_cell(full['seconds'])}{time_ratio:>8.1f}", end="")
-    print(f"{_cell(small['peak_rss_gb'])}{_cell(full['peak_rss_gb'])}")
-    for label, key in (
-        ("planted ARI", "planted_ari"),
-        ("vocabulary", "vocabulary"),
-        ("merges", "merges"),
-        ("LLM calls (proposals, factor names)", "llm_calls"),
-    ):
-        print(f"{label:<40}{_cell(small[key])}{_cell(full[key])}")
+    peaks = [small["peak_rss_gb"], full["peak_rss_gb"]]
+    rows.append(["run", small["seconds"], full["seconds"], f"{time_ratio:.1f}", *peaks])
+    headers = ["stage", *(f"seconds\n{s}" for s in sizes), "ratio", *(f"peak RSS (GiB)\n{s}" for s in sizes)]
+    print(
+        tabulate(
+            rows,
+            headers=headers,
+            colalign=("left", *["right"] * 5),
+            disable_numparse=True,  # values as measured (rounded already), not re-formatted
+            missingval="-",
+        )
+    )
+    print()
+    outcomes = [
+        (label, small[key], full[key])
+        for label, key in (
+            ("planted ARI", "planted_ari"),
+            ("vocabulary", "vocabulary"),
+            ("merges", "merges"),
+            ("LLM calls (proposals, factor names)", "llm_calls"),
+        )
+    ]
+    print(
+        tabulate(outcomes, headers=["", *sizes], colalign=("left", "right", "right"), disable_numparse=True)
+    )
     # Other processes on the same cores stretch some stages and not others: say how busy the machine was.
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
     print(

@@ -15,10 +15,14 @@ from typing import Literal
 
 import numpy as np
 
+from instruct_lf_dagster.core.config import ComputeConfig
 from instruct_lf_dagster.core.linker import Linker
 
 Kind = Literal["document", "property"]
 Encode = Callable[[list[str]], np.ndarray]  # texts -> their normalised embeddings, one row each
+
+
+_COMPUTE = ComputeConfig()  # declared in core.config
 
 
 def text_key(text: str) -> str:
@@ -110,7 +114,7 @@ def compatibility(
     documents: Sequence[str],
     properties: Sequence[str],
     *,
-    batch_size: int = 64,
+    batch_size: int = _COMPUTE.encode_batch_size,
     block_rows: int = 4096,
     cache: EmbeddingCache | None = None,
     encode_documents: Encode | None = None,

@@ -6,8 +6,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from instruct_lf_dagster.core.paths import offline_defaults
-
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -33,7 +31,6 @@ def load_encoder(path: str | Path | None = None, device: str = "cpu") -> Sentenc
     Models are cached per (path, device) in this process, so the result is shared: do not train it
     or change its settings in place (`copy.deepcopy` it first; `Linker` does).
     """
-    offline_defaults()
     path = Path(path).expanduser().resolve() if path is not None else default_encoder_path()
     if not path.is_dir():
         raise FileNotFoundError(f"no encoder directory at {path} (encoders are never fetched from a hub)")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 MIN_OVERLAP = 0.2  # a pair overlapping less than this is not the same factor, whatever the assignment says
 PIECE = 0.25  # share of a factor's properties that counts as a piece of it (splits and merges)
@@ -21,43 +22,12 @@ Membership = Mapping[int, Mapping[str, float]]  # factor id -> {property: mutual
 
 
 def assign(gain: np.ndarray) -> list[tuple[int, int]]:
-    """The (row, column) pairs of a one-to-one assignment with the largest total `gain` (any shape).
+    """The (row, column) pairs, sorted, of a one-to-one assignment with the largest total `gain` (any 2-D shape).
 
-    The Hungarian method with potentials, O(n^2 m); rows and columns left over are unassigned.
+    Rows and columns left over are unassigned.
     """
-    gain = np.asarray(gain, dtype=np.float64)
-    transpose = gain.shape[0] > gain.shape[1]
-    cost = -(gain.T if transpose else gain)
-    n, m = cost.shape
-    if n == 0:
-        return []
-    u, v = np.zeros(n + 1), np.zeros(m + 1)
-    owner = np.zeros(m + 1, dtype=int)  # owner[j]: the row (1-based) holding column j; column 0 is a sentinel
-    way = np.zeros(m + 1, dtype=int)
-    for i in range(1, n + 1):
-        owner[0], j0 = i, 0
-        slack, used = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=bool)
-        while owner[j0] != 0:
-            used[j0] = True
-            i0 = owner[j0]
-            free = ~used[1:]
-            reduced = cost[i0 - 1] - u[i0] - v[1:]
-            better = free & (reduced < slack[1:])
-            slack[1:][better] = reduced[better]
-            way[1:][better] = j0
-            candidates = np.where(free, slack[1:], np.inf)
-            j1 = int(np.argmin(candidates)) + 1
-            delta = candidates[j1 - 1]
-            u[owner[used]] += delta
-            v[used] -= delta
-            slack[1:][free] -= delta
-            j0 = j1
-        while j0:
-            j1 = way[j0]
-            owner[j0] = owner[j1]
-            j0 = j1
-    pairs = [(int(owner[j]) - 1, j - 1) for j in range(1, m + 1) if owner[j]]
-    return sorted((c, r) if transpose else (r, c) for r, c in pairs)
+    rows, cols = linear_sum_assignment(np.asarray(gain, dtype=np.float64), maximize=True)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
 
 def overlap(a: Mapping[str, float], b: Mapping[str, float]) -> float:

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from instruct_lf_dagster.core.config import ComputeConfig, LinkerConfig, MethodConfig, Truncation
 from instruct_lf_dagster.core.encoder import is_shared, load_encoder
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Truncation = Literal["head", "tail"]
 Pair = tuple[str, str]
+_METHOD, _COMPUTE = MethodConfig(), ComputeConfig()  # the defaults, declared in core.config
 CONFIG_FILE = "linker.json"
 
 
@@ -103,8 +104,8 @@ class Linker:
         self,
         encoder: SentenceTransformer | str | Path | None = None,
         *,
-        truncation: Truncation = "head",
-        max_seq_length: int = 256,
+        truncation: Truncation = _METHOD.truncation,
+        max_seq_length: int = _METHOD.linker.max_seq_length,
         device: str = "cpu",
     ) -> None:
         if truncation not in ("head", "tail"):
@@ -149,7 +150,7 @@ class Linker:
         """The embedding size."""
         return int(self.model.get_embedding_dimension())
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = _COMPUTE.encode_batch_size) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per text (the encoder sorts by length itself)."""
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -162,7 +163,9 @@ class Linker:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def encode_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = _COMPUTE.encode_batch_size
+    ) -> np.ndarray:
         """Document embeddings Phi(x) (truncated by the linker's policy)."""
         return self.encode(texts, batch_size=batch_size)
 
@@ -174,38 +177,32 @@ class Linker:
         self,
         documents: Sequence[str],
         proposals: Sequence[Sequence[str]],
+        config: LinkerConfig | None = None,
         *,
-        epochs: int = 20,
-        batch_size: int = 512,
-        lr: float = 5e-5,
-        warmup: float = 0.1,
-        patience: int = 2,
-        val_fraction: float = 0.1,
         seed: int = 0,
-        mini_batch_size: int = 32,
-        max_seq_length: int | None = None,
+        mini_batch_size: int = _COMPUTE.train_mini_batch_size,
+        warmup: float = 0.1,
         progress: Callable[[int, float, float | None], None] | None = None,
     ) -> LinkerReport:
-        """Fine-tune on (document, proposed property) pairs with in-batch negatives.
+        """Fine-tune on (document, proposed property) pairs with in-batch negatives (`config`: the schedule).
 
         A seeded `val_fraction` of the pairs is held out; training stops once its loss has not improved
         for `patience` epochs and the best weights are kept. Batches larger than `mini_batch_size` are
-        embedded in chunks with cached gradients (same loss, bounded memory). `max_seq_length` cuts texts
+        embedded in chunks with cached gradients (same loss, bounded memory). `train_seq_length` cuts texts
         shorter while training only (cost grows with it; None: the linker's own length, which encoding keeps
         using). `progress(epoch, train_loss, val_loss)` is called after every epoch.
         """
-        if max_seq_length is not None:
-            _check_length(max_seq_length)
-        self.model.max_seq_length = max_seq_length or self.max_seq_length
+        config = config or LinkerConfig()
+        self.model.max_seq_length = config.train_seq_length or self.max_seq_length
         try:
             return self._fit(
                 positive_pairs(documents, proposals),
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
                 warmup=warmup,
-                patience=patience,
-                val_fraction=val_fraction,
+                patience=config.patience,
+                val_fraction=config.val_fraction,
                 seed=seed,
                 mini_batch_size=mini_batch_size,
                 progress=progress,

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instruct_lf_dagster.core.compatibility import EmbeddingCache, compatibility
+from instruct_lf_dagster.core.config import ComputeConfig, MethodConfig
 from instruct_lf_dagster.core.corex import CorexStatistics, LinearCorex
 from instruct_lf_dagster.core.factors import Factors
-from instruct_lf_dagster.core.linker import Linker, LinkerReport, Truncation
+from instruct_lf_dagster.core.linker import Linker, LinkerReport
 from instruct_lf_dagster.core.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -46,44 +47,29 @@ class InstructLF:
     `fit(documents, proposals)` folds the proposals into a vocabulary, fine-tunes the linker on
     (document, property) pairs, builds the compatibility matrix of `corpus` (default: the documents; it may hold
     documents that have no proposals, which is what the linker is for) and fits Linear CorEx on it.
-    `transform(texts)` gives factor scores. Every random step is seeded by `seed`.
+    `transform(texts)` gives factor scores. Every random step is seeded by `config.seed`.
 
-    The settings below are the method's, defaults included, and nowhere else. `l1 = 0` is the platform's
-    default (the fast quasi-Newton fit); the paper's 0.9 is passed explicitly where wanted. To refit factors
-    with other settings: `dataclasses.replace(model, n_factors=m, l1=l1).fit_factors(x, properties)`.
+    `config` holds the method's settings (`MethodConfig`: vocabulary, linker, factors, truncation, seed) and
+    `compute` where it runs; their defaults live in `core.config`. To refit factors with other settings:
+    `model.but(factors={"n_factors": m, "l1": l1}).fit_factors(x, properties)`.
     """
 
-    n_factors: int | None = None  # None: `auto_factors` of the vocabulary size
-    l1: float = 0.0
-    truncation: Truncation = "head"  # which end of long documents the encoder keeps
-    merge_threshold: float = 0.9  # cosine at or above which two properties are merged
-    min_count: int = 1  # drop properties proposed fewer times than this
-    linker_epochs: int = 20
-    linker_batch_size: int = 512
-    linker_lr: float = 5e-5
-    linker_patience: int = 2  # epochs without validation improvement before stopping
-    linker_val_fraction: float = 0.1
-    max_seq_length: int = 256  # tokens per text the linker encodes
-    linker_seq_length: int | None = None  # shorter while fine-tuning (CPU time); None: max_seq_length
-    linker_max_pairs: int | None = (
-        None  # fine-tune on a seeded sample of this many (document, property) pairs
-    )
-    n_themes: int | None = None  # second layer over the factors; None: `auto_themes` of the factor count
-    max_iter: int = 1000  # CorEx step budget per annealing stage
-    warm_start: bool = True  # `fit_factors` starts from `previous` when its factor count matches
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None  # CPU threads for CorEx; None: torch's default
-    encode_batch_size: int = 64  # texts per encoder batch
-    # texts embedded at once with gradients while fine-tuning (the loss still sees every in-batch negative): on a
-    # CPU, 8 peaks at 1.6 GiB against 3.0 GiB for 32 (512 pairs at 256 tokens) and runs faster
-    linker_mini_batch_size: int = 8
+    config: MethodConfig = field(default_factory=MethodConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     cache: EmbeddingCache = field(default_factory=EmbeddingCache, repr=False)
+
+    def but(self, compute: ComputeConfig | None = None, **changes: object) -> InstructLF:
+        """An unfitted copy with `changes` to the method's settings (see `Settings.but`), sharing the cache."""
+        return InstructLF(self.config.but(**changes), compute or self.compute, self.cache)
 
     # -- stages -------------------------------------------------------------------------------------------------
     def _linker(self) -> Linker:
         """An untrained linker (MiniLM) with this object's encoding settings."""
-        return Linker(truncation=self.truncation, max_seq_length=self.max_seq_length, device=self.device)
+        return Linker(
+            truncation=self.config.truncation,
+            max_seq_length=self.config.linker.max_seq_length,
+            device=self.compute.device,
+        )
 
     def fit_vocabulary(self, proposals: Sequence[Sequence[str] | None]) -> Vocabulary:
         """Every proposed property, normalised; exact and near duplicates (MiniLM cosine) folded together.
@@ -92,10 +78,13 @@ class InstructLF:
         """
 
         def embed(texts: list[str]) -> np.ndarray:  # called once, with every property
-            return self._linker().encode_properties(texts, batch_size=self.encode_batch_size)
+            return self._linker().encode_properties(texts, batch_size=self.compute.encode_batch_size)
 
         vocabulary = Vocabulary.fit(
-            [p or () for p in proposals], embed, threshold=self.merge_threshold, min_count=self.min_count
+            [p or () for p in proposals],
+            embed,
+            threshold=self.config.vocabulary.merge_threshold,
+            min_count=self.config.vocabulary.min_count,
         )
         if not len(vocabulary):
             raise ValueError("no usable property in the proposals: nothing to discover factors from")
@@ -124,29 +113,23 @@ class InstructLF:
         report = linker.fit(
             [d for d, _ in pairs],
             [props for _, props in pairs],
-            epochs=self.linker_epochs,
-            batch_size=self.linker_batch_size,
-            lr=self.linker_lr,
-            patience=self.linker_patience,
-            val_fraction=self.linker_val_fraction,
-            seed=self.seed,
-            mini_batch_size=self.linker_mini_batch_size,
-            max_seq_length=self.linker_seq_length,
+            self.config.linker,
+            seed=self.config.seed,
+            mini_batch_size=self.compute.train_mini_batch_size,
             progress=progress or _log_epoch,
         )
         return linker, report
 
     def _sample(self, pairs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-        """At most `linker_max_pairs` (document, property) pairs, drawn with `seed`, in their original order.
+        """At most `linker.max_pairs` (document, property) pairs, drawn with `seed`, in their original order.
 
         Bounds fine-tuning time and memory on a large corpus, whatever the number of batches.
         """
         flat = [(i, prop) for i, (_, props) in enumerate(pairs) for prop in props]
-        if self.linker_max_pairs is None or len(flat) <= self.linker_max_pairs:
+        limit = self.config.linker.max_pairs
+        if limit is None or len(flat) <= limit:
             return pairs
-        chosen = np.sort(
-            np.random.default_rng(self.seed).choice(len(flat), self.linker_max_pairs, replace=False)
-        )
+        chosen = np.sort(np.random.default_rng(self.config.seed).choice(len(flat), limit, replace=False))
         kept: dict[int, list[str]] = {}
         for k in chosen:
             i, prop = flat[k]
@@ -188,7 +171,7 @@ class InstructLF:
         that a batch or two more neither restarts CorEx cold nor reshuffles the factors."""
         count = auto_factors(n_properties)
         if (
-            self.warm_start
+            self.config.factors.warm_start
             and previous is not None
             and abs(count - previous.n_factors) <= previous.n_factors / 4
         ):
@@ -202,7 +185,9 @@ class InstructLF:
         labels = [str(i) for i in factor_ids]
         if stats.p != len(labels):
             raise ValueError(f"statistics of {stats.p} columns for {len(labels)} factors")
-        corex, _ = self._corex(stats.n, labels, None, self.n_themes or auto_themes(len(labels)))
+        corex, _ = self._corex(
+            stats.n, labels, None, self.config.factors.n_themes or auto_themes(len(labels))
+        )
         return Factors(corex.fit_statistics(stats), labels)
 
     def _corex(
@@ -215,10 +200,12 @@ class InstructLF:
         """The unfitted Linear CorEx (the one place it is built: factors, and themes over factors) and its warm
         start, if any. Themes are fitted from statistics, so always with l1 = 0."""
         themes = n_factors is not None
-        n_factors = n_factors or self.n_factors or self._auto_factors(len(properties), previous)
+        n_factors = (
+            n_factors or self.config.factors.n_factors or self._auto_factors(len(properties), previous)
+        )
         warm = (
             previous.warm_start(properties)
-            if self.warm_start and previous is not None and previous.n_factors == n_factors
+            if self.config.factors.warm_start and previous is not None and previous.n_factors == n_factors
             else None
         )
         log.info(
@@ -230,11 +217,11 @@ class InstructLF:
         )
         corex = LinearCorex(
             n_factors,
-            l1=0.0 if themes else self.l1,
-            seed=self.seed,
-            device=self.device,
-            max_iter=self.max_iter,
-            threads=self.threads,
+            l1=0.0 if themes else self.config.factors.l1,
+            seed=self.config.seed,
+            device=self.compute.device,
+            max_iter=self.config.factors.max_iter,
+            threads=self.compute.threads,
         )
         return corex, warm
 
@@ -261,9 +248,7 @@ class InstructLF:
         else:
             self.linker_ = linker
         x = self.compatibility(documents if corpus is None else corpus)
-        if (
-            self.l1 == 0
-        ):  # as the platform fits, from the rows' statistics: the same factors for the same rows
+        if self.config.factors.l1 == 0:  # as the platform fits, from the rows' statistics: the same factors
             self.factors_ = self.fit_factors_from_statistics(
                 CorexStatistics.of([x]), self.vocabulary_.properties
             )
@@ -277,7 +262,7 @@ class InstructLF:
             self.linker_,
             texts,
             self.vocabulary_.properties,
-            batch_size=self.encode_batch_size,
+            batch_size=self.compute.encode_batch_size,
             cache=self.cache,
         )
 

@@ -8,7 +8,9 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
+
+from instruct_lf_dagster.core.config import MethodConfig, Settings, Truncation, setting
 
 MAX_WORDS = 8
 MAX_CHARS = 80
@@ -48,7 +50,7 @@ class Goal:
     document_kind: str = "document"
     examples: tuple[Example, ...] = ()
     max_document_chars: int = 1500
-    truncation: Literal["head", "tail"] = "head"
+    truncation: Truncation = MethodConfig().truncation
 
     def system_prompt(self) -> str:
         return (
@@ -68,23 +70,19 @@ class Goal:
         return document[: self.max_document_chars]
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Which documents the LLM is asked about: the others get compatibility rows and factor scores all the same.
+class ProposalBudget(Settings):
+    """Which documents of a batch the LLM is asked about: the others get compatibility rows and factor scores
+    all the same.
 
     A document is picked when a hash of (`key`, its id) falls under `fraction`, and among those only the
     `max_documents` with the smallest hashes are kept. The pick depends on nothing else, so re-runs, backfills
     and the response cache agree, and a larger budget adds documents without dropping any.
     """
 
-    max_documents: int | None = None  # per batch; None: no limit
-    fraction: float = 1.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.fraction <= 1.0:
-            raise ValueError(f"fraction must be between 0 and 1, not {self.fraction}")
-        if self.max_documents is not None and self.max_documents < 0:
-            raise ValueError(f"max_documents must be at least 0, not {self.max_documents}")
+    max_documents: int | None = setting(
+        None, "per batch; empty: no limit (in a discovery: the environment's)", minimum=0
+    )
+    fraction: float = setting(1.0, "share of documents proposed for", exclusiveMinimum=0, maximum=1)
 
     def describe(self) -> str:
         parts = [f"a fraction {self.fraction:g}"] * (self.fraction < 1)

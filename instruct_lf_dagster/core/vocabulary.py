@@ -10,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from instruct_lf_dagster.core.config import VocabularyConfig
 from instruct_lf_dagster.core.proposals import normalise_property
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> L2-normalised rows
+
+
+_DEFAULTS = VocabularyConfig()  # declared in core.config
 
 
 def _key(prop: str) -> str:
@@ -39,8 +43,8 @@ class Vocabulary:
         proposals: Iterable[Sequence[str]],
         embed: Embed | None = None,
         *,
-        threshold: float = 0.9,
-        min_count: int = 1,
+        threshold: float = _DEFAULTS.merge_threshold,
+        min_count: int = _DEFAULTS.min_count,
     ) -> Vocabulary:
         """Fold proposals into a vocabulary.
 

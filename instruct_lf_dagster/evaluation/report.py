@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
+from tabulate import tabulate
+
+T = TypeVar("T")
 
 Scores = dict[str, dict[str, float]]  # metric -> method -> value, for one seed
 
@@ -40,13 +44,26 @@ def format_table(means: Scores, stds: Scores, *, notes: dict[str, str] | None = 
     methods = list(dict.fromkeys(k for metric in metrics for k in means[metric]))
     methods += [k for k in (notes or {}) if k not in methods]
     header = ["method", *metrics] + (["note"] if notes else [])
-    rows = [header]
+    rows = []
     for method in methods:
         cells = [
             f"{means[m][method]:.4f} ± {stds[m][method]:.4f}" if method in means[m] else "-" for m in metrics
         ]
         rows.append([method, *cells] + ([(notes or {}).get(method, "")] if notes else []))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    # Cells are text already: a method named like a number must not be re-formatted or right-aligned.
+    return tabulate(rows, headers=header, disable_numparse=True)
+
+
+def method_settings(command: str, options: dict[str, str], build: Callable[[], T]) -> T:
+    """`build()` (the method's settings from command-line options), or exit naming the option out of range.
+
+    `options` maps a setting's field name to its option, e.g. {"max_seq_length": "--max-seq-length"}.
+    """
+    try:
+        return build()
+    except ValueError as error:
+        text = str(error)
+        named = [option for field, option in options.items() if f"{field} must" in text]
+        reason = next((line.strip() for line in text.splitlines() if " must " in line), text)
+        reason = reason.removeprefix("Value error, ").split(" [type=")[0]
+        raise SystemExit(f"instruct-lf eval {command}: {', '.join(named) or 'a setting'}: {reason}") from None

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.identity import match
 from instruct_lf_dagster.core.pipeline import InstructLF
 from instruct_lf_dagster.evaluation.report import aggregate, format_table
+from instruct_lf_dagster.settings import Settings
 
 log = logging.getLogger(__name__)
 METRICS = ("matched_jaccard", "matched_share", "ari")
@@ -61,35 +61,29 @@ def compare(reference: Factors, other: Factors) -> dict[str, float]:
     }
 
 
-def demo_data(documents: int) -> tuple[InstructLF, list[str], list[list[str]], list[str]]:
+def demo_data(settings: Settings, documents: int) -> tuple[InstructLF, list[str], list[list[str]], list[str]]:
     """The movie_critics discovery's method, the demo snippets and their proposals (through the response cache)."""
     from instruct_lf_dagster import demo
-    from instruct_lf_dagster.assets.proposals import client_for
     from instruct_lf_dagster.core.proposals import propose
-    from instruct_lf_dagster.definitions import RESOURCES, declared
+    from instruct_lf_dagster.definitions import declared, local_resources
 
-    discovery = next(d for d in declared()[0] if d.name == "movie_critics")
-    texts = demo.sample(documents)["text"].tolist()
-    local = RESOURCES["local"]()
-    proposals = propose(client_for(discovery, local["llm"], local["storage"]), discovery.to_goal(), texts)
+    spec = next(d.spec() for d in declared()[0] if d.name == "movie_critics")
+    texts = demo.sample(settings.home / "downloads", documents)["text"].tolist()
+    local = local_resources(settings)
+    client = local["llm"].client_for(spec.name, spec.llm, local["storage"].response_cache())
+    proposals = propose(client, spec.goal, texts)
     usable = [(t, p) for t, p in zip(texts, proposals.properties, strict=True) if p]
-    return discovery.method(), [t for t, _ in usable], [p for _, p in usable], texts
+    return InstructLF(spec.method), [t for t, _ in usable], [p for _, p in usable], texts
 
 
 def inspired_data(args: argparse.Namespace) -> tuple[InstructLF, list[str], list[list[str]], list[str]]:
     """The `instruct-lf eval inspired` settings, the proposed dialogues and every training dialogue."""
-    from instruct_lf_dagster.evaluation.inspired import PROPOSALS_FILE, Inspired, Settings, load_proposals
+    from instruct_lf_dagster.evaluation.inspired_data import PROPOSALS_FILE, Inspired, load_proposals
+    from instruct_lf_dagster.evaluation.inspired_protocol import PAPER
 
     data = Inspired.load(args.folder)
     proposals = load_proposals(Path(args.folder) / PROPOSALS_FILE, data)
-    settings = Settings()
-    method = InstructLF(
-        n_factors=settings.n_factors,
-        l1=0.0,
-        truncation=settings.truncation,
-        max_seq_length=settings.max_seq_length,
-        linker_seq_length=128,
-    )
+    method = InstructLF(PAPER.but(factors={"l1": 0.0}, linker={"train_seq_length": 128}))
     return method, list(proposals), list(proposals.values()), data.contexts()
 
 
@@ -120,12 +114,12 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit("need two seeds or more, 0 < --fraction < 1 and --levels from corex,linker")
     started = time.perf_counter()
     method, documents, proposals, corpus = (
-        demo_data(args.docs) if args.data == "demo" else inspired_data(args)
+        demo_data(args.settings, args.docs) if args.data == "demo" else inspired_data(args)
     )
     epochs = (
         args.linker_epochs if args.linker_epochs is not None else (1 if args.data == "inspired" else None)
     )
-    method = replace(method, seed=seeds[0], **({"linker_epochs": epochs} if epochs is not None else {}))
+    method = method.but(seed=seeds[0], **({"linker": {"epochs": epochs}} if epochs is not None else {}))
     reference = method.fit(documents, proposals, corpus=corpus)
     x = reference.compatibility(corpus)
     log.info("reference: %d factors over %d properties", len(reference.factors_.nonempty()), x.shape[1])
@@ -150,7 +144,7 @@ def main(args: argparse.Namespace) -> dict:
         for seed in seeds[1:]:
             record(
                 "corex, other seed",
-                replace(method, seed=seed).fit_factors_from_statistics(CorexStatistics.of([x]), properties),
+                method.but(seed=seed).fit_factors_from_statistics(CorexStatistics.of([x]), properties),
             )
         for rows in samples:
             record(
@@ -161,11 +155,11 @@ def main(args: argparse.Namespace) -> dict:
         for seed in seeds[1:]:
             record(
                 "linker + corex, other seed",
-                replace(method, seed=seed).fit(documents, proposals, corpus=corpus).factors_,
+                method.but(seed=seed).fit(documents, proposals, corpus=corpus).factors_,
             )
         for pick in picks:
             chosen = [documents[i] for i in pick]
-            refit = replace(method).fit(chosen, [proposals[i] for i in pick], corpus=corpus)  # a fresh object
+            refit = method.but().fit(chosen, [proposals[i] for i in pick], corpus=corpus)  # a fresh object
             record(f"linker + corex, {args.fraction:.0%} of documents", refit.factors_)
 
     # The i-th refit of every row, as `aggregate` takes runs (metric -> row -> value).

@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from instruct_lf_dagster.core.compatibility import Encode
+from instruct_lf_dagster.core.config import ComputeConfig
 from instruct_lf_dagster.core.corex import CorexStatistics
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.resources import distributed
@@ -18,7 +19,9 @@ class ComputeResource(dg.ConfigurableResource):
 
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
     threads: int = Field(default=0, description="CPU threads for torch; 0 = every core")
-    encode_batch_size: int = Field(default=64, description="texts per encoder forward pass")
+    encode_batch_size: int = Field(
+        default=ComputeConfig().encode_batch_size, description="texts per encoder forward pass"
+    )
     train_mini_batch_size: int = Field(
         default=0,
         description="texts embedded at once with gradients while fine-tuning; 0: 8 on CPU, 64 on CUDA",
@@ -45,15 +48,17 @@ class ComputeResource(dg.ConfigurableResource):
     def thread_count(self) -> int:
         return self.threads or os.cpu_count() or 1
 
-    def settings(self) -> dict:
-        """The method's compute settings (`InstructLF` fields): device, threads, batch sizes."""
+    def config(self) -> ComputeConfig:
+        """The method's compute settings: device, threads, batch sizes."""
         device = self.torch_device()
-        return {
-            "device": device,
-            "threads": self.thread_count(),
-            "encode_batch_size": self.encode_batch_size,
-            "linker_mini_batch_size": self.train_mini_batch_size or (8 if device == "cpu" else 64),
-        }
+        return ComputeConfig(
+            device=device,
+            threads=self.thread_count(),
+            encode_batch_size=self.encode_batch_size,
+            # 8 keeps a CPU's peak memory low; a GPU is faster with larger chunks
+            train_mini_batch_size=self.train_mini_batch_size
+            or (ComputeConfig().train_mini_batch_size if device == "cpu" else 64),
+        )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         import torch

@@ -8,8 +8,6 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from instruct_lf_dagster.core.paths import data_dir
-
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 log = logging.getLogger(__name__)
 
@@ -46,12 +44,12 @@ def _index(names: list[str]) -> dict[str, str]:
 
 
 class LocalInbox(Inbox):
-    """A local folder of document files (default <data dir>/inbox)."""
+    """A local folder of document files (locally: <data dir>/inbox)."""
 
-    path: str = Field(default="", description="folder; default <data dir>/inbox")
+    path: str = Field(description="the folder")
 
     def folder(self) -> Path:
-        folder = Path(self.path) if self.path else data_dir() / "inbox"
+        folder = Path(self.path)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

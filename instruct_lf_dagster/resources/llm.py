@@ -1,62 +1,84 @@
-"""The LLM resource: which model answers, where, at what budget, and where its responses are cached."""
+"""The LLM resource: an `LLMConfig` in Dagster's config, plus the key, the response cache and the embedded models."""
+
+import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from instruct_lf_dagster.core.llm import Cache, LLMClient, ResponseCache
-from instruct_lf_dagster.core.paths import data_dir
+from instruct_lf_dagster.core.discovery import DiscoveryLLM
+from instruct_lf_dagster.core.llm import Cache, LLMClient, LLMConfig, ResponseCache
 
-DEFAULT_MODEL = "llamacpp/qwen2.5-coder-1.5b-instruct"
-CACHE_FILE = "llm_cache.duckdb"
+CACHE_FILE = "llm_cache.duckdb"  # the usual name of `cache_path` in a data directory
 
 
-class LLMResource(dg.ConfigurableResource):
-    """Settings of an `LLMClient`; give `api_key` as `EnvVar("...")` so the key never sits in config."""
+# The settings of LLMConfig are inherited, not repeated: Dagster's config schema (and UI) takes them from the
+# pydantic fields, with their defaults, descriptions and range checks.
+class LLMResource(dg.ConfigurableResource, LLMConfig):
+    """Settings of an `LLMClient` (see `LLMConfig`); give `api_key` as `EnvVar("...")` so the key never sits in
+    config. Whoever builds the resource says where its files are: `cache_path` and `models_home`."""
 
-    model: str = Field(
-        default=DEFAULT_MODEL,
-        description="litellm model string, e.g. 'openai/gpt-4o-mini' or 'llamacpp/<name or /path.gguf>'",
-    )
-    api_base: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
     api_key: str | None = Field(default=None, repr=False, description="provider key; use EnvVar('...')")
-    temperature: float = Field(default=0.0, description="sampling temperature (0 = greedy)")
-    max_tokens: int = Field(default=256, description="most tokens per answer")
-    timeout: float = Field(default=120.0, description="seconds before one HTTP call gives up")
-    retries: int = Field(default=3, description="extra attempts on 429, 5xx, timeouts and lost connections")
-    max_concurrency: int = Field(default=4, description="calls in flight at once (1 for embedded models)")
     max_documents_per_batch: int | None = Field(
         default=None,
         description="documents of a batch the LLM is asked about, for discoveries that set no proposal budget; "
         "empty: every document (the linker scores the rest all the same)",
     )
-    budget_usd: float | None = Field(default=None, description="stop before spending more dollars than this")
-    budget_tokens: int | None = Field(default=None, description="stop before using more tokens than this")
     cache_path: str | None = Field(
-        default=None, description=f"DuckDB response cache; default <INSTRUCT_LF_HOME>/{CACHE_FILE}"
+        default=None,
+        description="DuckDB file of the response cache; empty: a cache in memory, one per client, lost with "
+        "the process (every run pays for its answers again)",
     )
-    seed: int = Field(default=0, description="sampling seed sent to providers that accept one")
+    models_home: str | None = Field(
+        default=None,
+        description="data directory the embedded models are fetched into (under models/); needed for "
+        "llamacpp/ models",
+    )
+    llm_threads: int = Field(default=0, ge=0, description="CPU threads of an embedded model (0: every core)")
+
+    def llm_config(self) -> LLMConfig:
+        """The client settings alone, without the resource's own fields."""
+        return LLMConfig.model_validate({name: getattr(self, name) for name in LLMConfig.model_fields})
 
     def get_client(
         self, model: str | None = None, api_key: str | None = None, cache: Cache | None = None
     ) -> LLMClient:
-        """A client with these settings and the persistent response cache (`cache`, else the DuckDB file); a
+        """A client with these settings and the response cache (`cache`, else `cache_path`, else in memory); a
         discovery may name its own model (and key), keeping the environment's budget, retries and cache."""
+        config = self.llm_config()
         # Another model is another provider: the environment's endpoint and key are never sent to it.
         own = model is not None and model != self.model
+        if own:
+            config = LLMConfig.model_validate({**config.model_dump(), "model": model, "api_base": None})
         return LLMClient(
-            model or self.model,
-            api_base=None if own else self.api_base or None,
+            config,
             api_key=api_key if own else api_key or self._resolved_api_key(),
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            timeout=self.timeout,
-            retries=self.retries,
-            max_concurrency=self.max_concurrency,
-            budget_usd=self.budget_usd,
-            budget_tokens=self.budget_tokens,
-            cache=cache or ResponseCache(self.cache_path or data_dir() / CACHE_FILE),
-            seed=self.seed,
+            cache=cache if cache is not None else self._cache(),
+            # Registered only when a request is actually sent: loading llama.cpp for cached answers is waste.
+            prepare=self._register_embedded if config.embedded else None,
         )
+
+    def client_for(self, name: str, llm: DiscoveryLLM, cache: Cache | None = None) -> LLMClient:
+        """The client of discovery `name`: its own model and key (`llm`) when it names them, else the
+        environment's; `cache`: where the answers are kept (the storage's, in production beside the data)."""
+        api_key = None
+        if llm.api_key_env:
+            api_key = dg.EnvVar(llm.api_key_env).get_value()  # resolved by Dagster, like the resource's key
+            if not api_key:
+                raise dg.Failure(f"{name}: llm.api_key_env names {llm.api_key_env}, which is not set")
+        return self.get_client(model=llm.model, api_key=api_key, cache=cache)
+
+    def _cache(self) -> Cache:
+        return ResponseCache(self.cache_path) if self.cache_path else ResponseCache.memory()
+
+    def _register_embedded(self) -> None:
+        """Make litellm's `llamacpp/` provider serve the embedded models from `models_home`."""
+        if not self.models_home:
+            raise ValueError("llm resource: models_home is not set, and llamacpp/ models are read from there")
+        # Imported here: llama.cpp's package is heavy and only processes that decode need it.
+        from instruct_lf_dagster import models
+
+        models.register(Path(self.models_home), self.llm_threads or os.cpu_count() or 1)
 
     def _resolved_api_key(self) -> str | None:
         # Dagster resolves EnvVar when it initialises the resource for a run; a resource used directly

@@ -1,39 +1,34 @@
-"""What a discovery shows over time: each factor's prevalence batch by batch (with a drift check), and the
-HTML report people open."""
-
-from typing import TYPE_CHECKING
+"""What a discovery shows over time: each factor's prevalence batch by batch, with a drift check."""
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from instruct_lf_dagster.assets import display, html
+import instruct_lf_dagster.assets.display as display
+from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.core.drift import MIN_HISTORY, STRONG, Z_LIMIT, drifted, prevalence
 from instruct_lf_dagster.core.factors import Factors
-from instruct_lf_dagster.partitions import batches
+from instruct_lf_dagster.partitions import asset_key, batches
 from instruct_lf_dagster.resources.storage import Storage
-
-if TYPE_CHECKING:
-    from instruct_lf_dagster.components.discovery import Discovery
 
 PLOTTED = 8  # factors drawn in the prevalence plot: the largest
 
 
-def build(d: "Discovery") -> list:
+def build(d: DiscoverySpec) -> list:
     """`<name>/factor_prevalence` with its drift check, and `<name>/html_report`."""
     versions = d.versions()
 
     @dg.asset(
-        key=d.key("factor_prevalence"),
+        key=asset_key(d, "factor_prevalence"),
         ins={
-            "latent_factors": dg.AssetIn(d.key("latent_factors")),
-            "factor_report": dg.AssetIn(d.key("factor_report")),
+            "latent_factors": dg.AssetIn(asset_key(d, "latent_factors")),
+            "factor_report": dg.AssetIn(asset_key(d, "factor_report")),
         },
-        deps=[d.key("document_factors")],  # read batch by batch, in arrival order
+        deps=[asset_key(d, "document_factors")],  # read batch by batch, in arrival order
         check_specs=[
             dg.AssetCheckSpec(
                 "prevalence_drift",
-                asset=d.key("factor_prevalence"),
+                asset=asset_key(d, "factor_prevalence"),
                 description=f"No factor's share in the newest batch lies more than {Z_LIMIT:g} standard "
                 f"deviations from its history (judged once {MIN_HISTORY} earlier batches exist).",
             )
@@ -53,7 +48,7 @@ def build(d: "Discovery") -> list:
         names = dict(zip(factor_report["factor"], factor_report["name"], strict=True))
         rows = latent_factors.ranked()
         ids = [latent_factors.ids[k] for k in rows]
-        table = d.key("document_factors").to_python_identifier()
+        table = asset_key(d, "document_factors")
         frames, shares = [], []
         for key in context.instance.get_dynamic_partitions(batches.name):  # registration = arrival order
             scored = storage.read_table(table, [key])
@@ -114,27 +109,4 @@ def build(d: "Discovery") -> list:
             },
         )
 
-    @dg.asset(
-        key=d.key("html_report"),
-        ins={
-            "factor_report": dg.AssetIn(d.key("factor_report")),
-            "factor_prevalence": dg.AssetIn(d.key("factor_prevalence")),
-        },
-        kinds={"html"},
-        group_name=d.name,
-        code_version=versions["html_report"],
-    )
-    def html_report(
-        factor_report: pd.DataFrame, factor_prevalence: pd.DataFrame, storage: Storage
-    ) -> dg.MaterializeResult:
-        """One self-contained HTML page: the goal, the themes, and a card per factor (name, sentence, top
-        properties, the documents behind it, its prevalence over the batches)."""
-        location = storage.save_page(
-            f"{d.name}_report", html.render(d.name, d.goal, factor_report, factor_prevalence)
-        )
-        link = dg.MetadataValue.path(location) if "://" not in location else dg.MetadataValue.url(location)
-        return dg.MaterializeResult(
-            metadata={"report": link, "factors": int(factor_report["factor"].nunique())}
-        )
-
-    return [factor_prevalence, html_report]
+    return [factor_prevalence]

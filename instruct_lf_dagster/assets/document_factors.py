@@ -1,0 +1,113 @@
+"""Each document's factor scores with the current factors, its strongest factor and the evidence."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+import instruct_lf_dagster.assets.display as display
+from instruct_lf_dagster.assets.matrix import read
+from instruct_lf_dagster.core.discovery import DiscoverySpec
+from instruct_lf_dagster.core.drift import STRONG
+from instruct_lf_dagster.core.factors import Factors
+from instruct_lf_dagster.partitions import asset_key, batches, refuse_narrowed_backfill, single_run
+from instruct_lf_dagster.resources.storage import Storage
+
+
+def coverage(scores: np.ndarray) -> float:
+    """Share of documents with at least one strong factor score."""
+    return float((np.abs(scores) >= STRONG).any(axis=1).mean()) if len(scores) else 0.0
+
+
+def build(d: DiscoverySpec) -> list:
+    """The per-batch scoring assets of `d` and their checks."""
+    versions = d.versions()
+    common = {
+        "partitions_def": batches,
+        "backfill_policy": single_run,
+        "group_name": d.name,
+        "pool": "duckdb",
+    }
+
+    @dg.asset(
+        key=asset_key(d, "document_factors"),
+        ins={
+            "latent_factors": dg.AssetIn(asset_key(d, "latent_factors")),
+            "factor_report": dg.AssetIn(asset_key(d, "factor_report")),  # the factors' names
+        },
+        deps=[asset_key(d, "compatibility")],
+        kinds={"duckdb"},
+        code_version=versions["document_factors"],
+        **common,
+    )
+    def document_factors(
+        context: dg.AssetExecutionContext,
+        latent_factors: Factors,
+        factor_report: pd.DataFrame,
+        storage: Storage,
+    ) -> pd.DataFrame:
+        """Each document's score on every factor, its strongest factor, and the properties that explain it."""
+        refuse_narrowed_backfill(context)
+        table = asset_key(d, "compatibility")
+        names = dict(zip(factor_report["factor"], factor_report["name"], strict=True))
+        frames, all_scores = [], []
+        for batch in context.partition_keys:  # one batch's matrix in memory at a time
+            part = read(storage, table, batch, len(latent_factors.properties))
+            if part is None:
+                continue
+            ids, x = part
+            scores = latent_factors.scores(x).astype(np.float32)
+            evidence = [
+                entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)
+            ]
+            all_scores.append(scores)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "batch": batch,
+                        "document_id": ids,
+                        "scores": list(scores),
+                        "top_factor": [e["factor"] if e else -1 for e in evidence],
+                        "top_factor_name": [names.get(e["factor"], "") if e else "" for e in evidence],
+                        "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
+                    }
+                )
+            )
+        if not frames:
+            raise dg.Failure(
+                f"no compatibility rows for batches {context.partition_keys}: materialise them first"
+            )
+        out = pd.concat(frames, ignore_index=True)
+        scores = np.concatenate(all_scores)
+        top = [latent_factors.ids[k] for k in latent_factors.ranked()[:15]]
+        shares = {
+            batch: np.array([(group["top_factor"] == k).mean() for k in top])
+            for batch, group in out.groupby("batch", sort=True)
+        }
+        context.add_output_metadata(
+            {
+                "documents": len(out),
+                "coverage": coverage(scores),
+                "prevalence": display.prevalence(shares, [f"{k}: {names.get(k, '')}" for k in top]),
+                "preview": dg.MetadataValue.md(
+                    out[["document_id", "top_factor", "top_factor_name", "evidence"]]
+                    .head(8)
+                    .to_markdown(index=False)
+                ),
+            }
+        )
+        return out
+
+    @dg.asset_check(
+        asset=document_factors,
+        name="factor_coverage",
+        description="Share of documents with at least one strong factor.",
+    )
+    def factor_coverage(document_factors: pd.DataFrame) -> dg.AssetCheckResult:
+        share = coverage(np.stack(document_factors["scores"].to_numpy())) if len(document_factors) else 0.0
+        return dg.AssetCheckResult(
+            passed=share >= 0.5,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"coverage": share, "strong_score": STRONG},
+        )
+
+    return [document_factors, factor_coverage]
