@@ -1,1 +1,2 @@
-"""The paper's downstream evaluations, with baselines, Dagster-free (built on `instruct_lf_dagster.core`)."""
+"""The paper's downstream evaluations with their baselines: they run `InstructLF` (core) and ask the platform's
+local LLM resource (`definitions.local_llm`, so its response cache) for proposals."""
