@@ -6,10 +6,15 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 from instruct_lf_dagster.settings import Settings, offline, quiet_openmp
+
+if TYPE_CHECKING:
+    from instruct_lf_dagster.run import Outcome
 
 # Each benchmark or evaluation module exposes add_arguments(parser) and main(args) -> dict (it prints a table
 # and a final JSON line). They import torch and friends: only the one asked for is loaded.
@@ -89,19 +94,10 @@ def _run(args: argparse.Namespace) -> int:
         for path in demo.prepare(inbox, downloads, documents=args.docs, batches=args.batches):
             print(f"demo batch: {path}")
     inst = run.instance(args.settings)
-    results = run.run_discovery(args.settings, args.discovery, inst)
-    if run.unread(results):
-        print(
-            f"could not read batches {run.unread(results)} (see above); went on without them", file=sys.stderr
-        )
-    failed = [e.step_key for e in results[-1].all_events if e.is_step_failure]  # the discovery's run
-    if failed:
-        print(
-            f"discovery failed at {failed}; see run {results[-1].run_id} in the Dagster UI", file=sys.stderr
-        )
-        return 1
-    names = [args.discovery] if args.discovery else [d.name for d in run.declared()[0]]
-    for name in names:
+    outcome = run.run_discovery(args.settings, args.discovery, inst, say=_say)
+    if not outcome.results:
+        return _summary(outcome, inst.root_directory)
+    for name in [] if outcome.failed_steps else outcome.names:
         print(f"\n{name}: latent factors by theme (largest first, most informative properties first):")
         print(run.format_factors(run.factor_table(args.settings, name)))
         if run.changes(inst, name):
@@ -109,11 +105,29 @@ def _run(args: argparse.Namespace) -> int:
         page = run.latest_metadata(inst, name, "html_report").get("report")
         if page:
             print(f"Report: {page}")
-    home = inst.root_directory
+    return _summary(outcome, inst.root_directory)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _summary(outcome: Outcome, home: str) -> int:
+    """The end of `instruct-lf run`: what failed, where to look; 0 only when nothing did."""
+    problems = [f"batch {key}: its file could not be read (see above)" for key in outcome.unread]
+    problems += [
+        f"discovery {path}: does not load: {why.splitlines()[0]}" for path, why in outcome.broken.items()
+    ]
+    if outcome.failed_steps:
+        run_id = outcome.results[-1].run_id
+        problems.append(f"steps failed: {', '.join(outcome.failed_steps)} (run {run_id} in the Dagster UI)")
     print(
         f"\nRuns are stored in DAGSTER_HOME={home}.\n"
         f"Open the UI with:  . .venv/bin/activate && DAGSTER_HOME={home} dagster dev -w workspace.yaml"
     )
+    if problems:
+        _say("\nNot done:\n" + "\n".join(f"  - {p}" for p in problems))
+        return 1
     return 0
 
 
@@ -199,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `instruct-lf`."""
     # Dagster marks some of the APIs this project uses beta or preview; say so in the docs, not on every run.
     warnings.filterwarnings("ignore", message=".* is currently in (beta|preview)")
+    # A process started with SIGINT ignored (`nohup instruct-lf run &` in a script, some schedulers) would ignore
+    # Ctrl-C, and SIGTERM too: Dagster hands SIGTERM to whatever handles SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     offline()  # this process may load litellm and sentence-transformers
     args = build_parser().parse_args(argv)
     try:

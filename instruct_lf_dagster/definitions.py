@@ -33,10 +33,12 @@ PROD_MODEL = "openai/gpt-4o-mini"
 
 
 def local_llm(settings: Settings, model: str | None = None) -> LLMResource:
-    """The local LLM resource: the embedded model (or `model`), answers cached in the data directory. The
-    evaluations ask for proposals through it too, so they share the platform's response cache."""
+    """The local LLM resource: the embedded model (or `model`, or INSTRUCT_LF_LLM_MODEL at
+    INSTRUCT_LF_LLM_API_BASE), answers cached in the data directory. The evaluations ask for proposals through it
+    too, so they share the platform's response cache."""
+    model = model or settings.llm_model
     return LLMResource(
-        **({"model": model} if model else {}),
+        **({"model": model, "api_base": settings.llm_api_base} if model else {}),
         max_documents_per_batch=settings.max_proposals_per_batch or LOCAL_PROPOSALS_PER_BATCH,
         cache_path=str(settings.home / CACHE_FILE),
         models_home=str(settings.home),
@@ -95,6 +97,35 @@ def declared(defs_module: str = DEFS_MODULE) -> tuple[list[Discovery], dg.Defini
         warnings.simplefilter("ignore", dg.BetaWarning)
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return tree.get_all_components(of_type=Discovery), tree.build_defs()
+
+
+def declared_each(defs_module: str = DEFS_MODULE) -> tuple[list[Discovery], dict[str, str]]:
+    """The discoveries that load, each apart, and the YAML files that do not (file -> the reason, in brief).
+
+    For the command line: one broken discovery must not stop the others. (A code location loads them all at
+    once, and Dagster shows a broken one as the location's error.)
+    """
+    module = importlib.import_module(defs_module)
+    folder = Path(module.__file__).parent
+    found, broken = [], {}
+    for path in sorted(folder.glob("*/defs.yaml")):
+        tree = ComponentTree.from_module(module, project_root=folder.parents[1])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", dg.BetaWarning)
+                warnings.simplefilter("ignore", dg.PreviewWarning)
+                found.append(tree.load_component(path.parent, Discovery))
+        except Exception as error:
+            broken[str(path)] = brief(error)
+    return found, broken
+
+
+def brief(error: BaseException, lines: int = 6) -> str:
+    """The innermost cause of a load error, in a few lines (Dagster wraps it in a tree of what loaded)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = [line for line in str(error).splitlines() if line.strip() and "errors.pydantic.dev" not in line]
+    return "\n".join(text[:lines]) + ("\n..." if len(text) > lines else "")
 
 
 def build_definitions(

@@ -13,7 +13,7 @@ from tabulate import tabulate
 from instruct_lf_dagster.components import Discovery
 from instruct_lf_dagster.components.scaffold import DiscoveryParams, DiscoveryScaffolder
 from instruct_lf_dagster.core.discovery import NAME
-from instruct_lf_dagster.definitions import DEFS_MODULE, declared
+from instruct_lf_dagster.definitions import DEFS_MODULE, declared, declared_each
 
 
 def folder(defs_module: str = DEFS_MODULE) -> Path:
@@ -55,6 +55,7 @@ def describe(defs_module: str = DEFS_MODULE) -> str:
     for path in sorted(folder(defs_module).glob("*/defs.yaml")):
         attributes = (yaml.safe_load(path.read_text()) or {}).get("attributes") or {}
         files.setdefault(attributes.get("name"), path)
+    found, broken = declared_each(defs_module)
     rows = [
         (
             d.name,
@@ -64,7 +65,9 @@ def describe(defs_module: str = DEFS_MODULE) -> str:
             d.refit_cron,
             str(files.get(d.name, "?")),
         )
-        for d in sorted(declared(defs_module)[0], key=lambda d: d.name)
+        for d in sorted(found, key=lambda d: d.name)
     ]
     headers = ("name", "goal", "document kind", "model", "refit", "file")
-    return tabulate(rows, headers=headers, tablefmt="plain")
+    table = tabulate(rows, headers=headers, tablefmt="plain")
+    problems = [f"{path} does not load: {reason}" for path, reason in broken.items()]
+    return "\n\n".join([table, *problems])

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from instruct_lf_dagster import liveness
 from instruct_lf_dagster.automation import all_batches_tags, all_discoveries_job, documents_job
-from instruct_lf_dagster.definitions import build_definitions, declared
+from instruct_lf_dagster.definitions import build_definitions, declared_each
 from instruct_lf_dagster.partitions import DOCUMENTS, batches
 from instruct_lf_dagster.settings import Settings
 
@@ -36,48 +38,100 @@ def register_batches(defs: dg.Definitions, instance: dg.DagsterInstance) -> list
     return list(instance.get_dynamic_partitions(batches.name))
 
 
+@dataclass
+class Outcome:
+    """What `run_discovery` did: its Dagster runs, and what it could not do."""
+
+    names: list[str] = field(default_factory=list)  # the discoveries run
+    results: list[dg.ExecuteInProcessResult] = field(default_factory=list)
+    broken: dict[str, str] = field(default_factory=dict)  # discovery YAML file -> why it does not load
+    released: list[str] = field(default_factory=list)  # runs whose process had died, failed and freed
+
+    @property
+    def unread(self) -> list[str]:
+        """The batches whose file could not be read (their own runs failed)."""
+        return unread(self.results)
+
+    @property
+    def failed_steps(self) -> list[str]:
+        """The discovery steps that failed (in the last run: the discoveries' own)."""
+        last = [r for r in self.results if r.job_def.name != documents_job.name][-1:]
+        return [e.step_key for r in last for e in r.all_events if e.is_step_failure]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.broken or self.unread or self.failed_steps)
+
+
 def run_discovery(
-    settings: Settings, discovery: str | None = None, inst: dg.DagsterInstance | None = None
-) -> list[dg.ExecuteInProcessResult]:
+    settings: Settings,
+    discovery: str | None = None,
+    inst: dg.DagsterInstance | None = None,
+    say: Callable[[str], None] = print,
+) -> Outcome:
     """Materialise documents -> proposals -> ... -> factors on every batch for one discovery, or all of them.
 
     All discoveries: one run, each batch file read once. One discovery: the batches not read yet are read first
     (one run each), so that the other discoveries' inputs stay as they were; a file that cannot be read fails
-    its own run and the discovery goes on with the others (`unread` names them).
+    its own run and the discovery goes on with the others. A discovery whose YAML does not load is left out,
+    named, and the others run. One run at a time per data directory; runs whose process died are failed and
+    their pool slots freed first (`liveness`).
     """
-    defs = build_definitions(settings=settings)
-    names = [d.name for d in declared()[0]]
+    components, broken = declared_each()
+    for path, reason in broken.items():
+        say(f"discovery {path} does not load, left out: {reason}")
+    specs = [c.spec() for c in components]
+    names = [s.name for s in specs]
     if discovery is not None and discovery not in names:
         raise SystemExit(f"no discovery named {discovery!r}; declared: {', '.join(names) or 'none'}")
+    chosen = [s for s in specs if discovery is None or s.name == discovery]
+    outcome = Outcome(names=[s.name for s in chosen], broken=broken)
+    if not chosen:
+        return outcome
+    defs = build_definitions(settings=settings, discoveries=chosen)
     inst = inst or instance(settings)
-    keys = register_batches(defs, inst)
-    if not keys:
-        raise SystemExit(
-            "the inbox is empty: put JSONL, CSV or Parquet files with a 'text' column there first"
-        )
+    with liveness.home_lock(settings.home, say):
+        outcome.released = liveness.release_dead_runs(inst, say)
+        keys = register_batches(defs, inst)
+        if not keys:
+            raise SystemExit(
+                "the inbox is empty: put JSONL, CSV or Parquet files with a 'text' column there first"
+            )
 
-    def execute(job_name: str, **options) -> dg.ExecuteInProcessResult:
-        job = defs.resolve_job_def(job_name)
-        return job.execute_in_process(
-            instance=inst, run_config=console_config(), raise_on_error=False, **options
-        )
+        def execute(job_name: str, **options) -> dg.ExecuteInProcessResult:
+            liveness.wait_for_pools(inst, say)
+            job = defs.resolve_job_def(job_name)
+            tags = {**options.pop("tags", {}), **liveness.process_tags()}
+            return job.execute_in_process(
+                instance=inst, run_config=console_config(), raise_on_error=False, tags=tags, **options
+            )
 
-    if discovery is None:
-        return [execute(all_discoveries_job.name, tags=all_batches_tags(keys))]
-    read = inst.get_materialized_partitions(DOCUMENTS)
-    results = [execute(documents_job.name, partition_key=key) for key in keys if key not in read]
-    if not inst.get_materialized_partitions(DOCUMENTS):
-        return results
-    return [*results, execute(f"{discovery}_discovery", tags=all_batches_tags(keys))]
+        if discovery is None:
+            outcome.results.append(execute(all_discoveries_job.name, tags=all_batches_tags(keys)))
+            return outcome
+        read = inst.get_materialized_partitions(DOCUMENTS)
+        outcome.results += [execute(documents_job.name, partition_key=key) for key in keys if key not in read]
+        if inst.get_materialized_partitions(DOCUMENTS):
+            outcome.results.append(execute(f"{discovery}_discovery", tags=all_batches_tags(keys)))
+    return outcome
 
 
 def unread(results: Sequence[dg.ExecuteInProcessResult]) -> list[str]:
-    """The batches whose file a `run_discovery` could not read (their own runs failed)."""
-    return [
+    """The batches whose file a `run_discovery` could not read: a batch's own run that failed, or a batch a run
+    over several batches went on without (listed in the `documents` metadata)."""
+    keys = [
         r.dagster_run.tags.get("dagster/partition", "?")
         for r in results
         if not r.success and r.job_def.name == documents_job.name
     ]
+    for result in results:
+        for event in result.get_asset_materialization_events():
+            if event.asset_key != DOCUMENTS:
+                continue
+            failed = event.materialization.metadata.get("failed_batches")
+            if isinstance(getattr(failed, "value", None), dict):
+                keys += [key for key in failed.value if key not in keys]
+    return keys
 
 
 def console_config(run_config: dict | None = None) -> dict:

@@ -218,3 +218,25 @@ def test_the_sensor_leaves_alone_batches_a_discovery_scored_elsewhere(tmp_path):
         instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["churn", "latent_factors"])))
         context = dg.build_sensor_context(instance=instance, resources={"inbox": LocalInbox(path=str(inbox))})
         assert isinstance(sensor(context), dg.SkipReason)
+
+
+def test_one_broken_discovery_leaves_the_others_loading(tmp_path, monkeypatch):
+    from instruct_lf_dagster import discoveries
+    from instruct_lf_dagster.definitions import declared_each
+
+    package = f"defs_{uuid.uuid4().hex[:8]}"
+    for name, text in [("good", GOOD), ("bad", GOOD.replace("support", "bad") + "  linker: {epochs: -3}\n")]:
+        (tmp_path / package / name).mkdir(parents=True)
+        (tmp_path / package / name / "defs.yaml").write_text(text)
+    (tmp_path / package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        found, broken = declared_each(package)
+        assert [d.name for d in found] == ["support"]
+        ((path, reason),) = broken.items()
+        assert path.endswith("bad/defs.yaml") and "epochs must be at least 0, not -3" in reason
+        assert len(reason.splitlines()) <= 7  # a few lines, not Dagster's tree of what loaded
+        listing = discoveries.describe(package)
+        assert "support" in listing and "bad/defs.yaml does not load" in listing
+    finally:
+        sys.modules.pop(package, None)

@@ -367,8 +367,8 @@ def test_a_run_goes_on_without_a_batch_whose_file_is_gone(tmp_path, keyword_llm,
     monkeypatch.setitem(definitions.RESOURCES, "local", lambda settings: resources)
     with dg.instance_for_test() as inst:
         inst.add_dynamic_partitions(batches.name, ["gone.jsonl"])  # registered, then its file was deleted
-        results = run.run_discovery(Settings(env="local"), "movie_critics", inst)
-        assert run.unread(results) == ["gone.jsonl"]
-        assert results[-1].success
+        outcome = run.run_discovery(Settings.from_env(), "movie_critics", inst)
+        assert outcome.unread == ["gone.jsonl"] and not outcome.ok
+        assert outcome.results[-1].success and not outcome.failed_steps
         report = table(resources, "movie_critics__document_factors", ["reviews_0.jsonl", "reviews_1.jsonl"])
         assert len(report) == 2 * len(REVIEWS)
