@@ -68,6 +68,13 @@ def test_a_key_is_a_readable_stem_a_hash_of_the_whole_name_and_the_suffix(name, 
         instance.add_dynamic_partitions(batches.name, [made])
 
 
+def test_the_rule_never_changes():
+    # Registered keys live on in homes: a rule that changed would give a known file a second batch.
+    assert batch_key("with space.jsonl") == "with_space-db26fdbb.jsonl"  # the README's examples
+    assert batch_key("映画レビュー.jsonl") == "batch-debbe8d6.jsonl"
+    assert batch_key("with space.jsonl", 16).startswith("with_space-db26fdbb")
+
+
 def test_keys_are_bounded_and_distinct_names_get_distinct_keys():
     names = [a for pair in PAIRS for a in pair] + ["x" * 250 + ".parquet", ".jsonl", "-.csv"]
     keys = [batch_key(n) for n in names]
