@@ -96,7 +96,8 @@ def refit_schedule(d: DiscoverySpec, job: UnresolvedAssetJobDefinition) -> dg.Sc
 
 
 def inbox_sensor(discoveries: Sequence[DiscoverySpec], jobs: Sequence) -> dg.SensorDefinition:
-    """Registers each new inbox file as a batch and reads it; then hands every read batch to every discovery.
+    """Registers each new inbox file as a batch (`Inbox.register`) and reads it; then hands every read batch to
+    every discovery.
 
     `jobs`: the job objects of the definitions (the discoveries' and `documents`), as the sensor's targets.
     The cursor remembers, per discovery, the batches already handed to it.
@@ -110,7 +111,8 @@ def inbox_sensor(discoveries: Sequence[DiscoverySpec], jobs: Sequence) -> dg.Sen
     )
     def sensor(context: dg.SensorEvaluationContext, inbox: Inbox) -> dg.SensorResult | dg.SkipReason:
         known = list(context.instance.get_dynamic_partitions(batches.name))
-        new = sorted(set(inbox.files()) - set(known))
+        files = inbox.register(known, context.log)  # a file that cannot be registered is logged at ERROR
+        new = sorted(set(files) - set(known), key=files.__getitem__)  # in the order of their names
         requests = [
             dg.RunRequest(job_name=documents_job.name, partition_key=k, run_key=f"documents:{k}") for k in new
         ]

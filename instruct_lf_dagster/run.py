@@ -29,10 +29,10 @@ def instance(settings: Settings) -> dg.DagsterInstance:
 
 def register_batches(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
     """Add every inbox file not yet known as a batch; all batch keys in registration (partition) order."""
+    known = list(instance.get_dynamic_partitions(batches.name))
     with dg.build_resources({"inbox": defs.resources["inbox"]}) as resources:
-        files = resources.inbox.files()
-    known = set(instance.get_dynamic_partitions(batches.name))
-    new = sorted(set(files) - known)
+        files = resources.inbox.register(known)
+    new = sorted(set(files) - set(known), key=files.__getitem__)
     if new:
         instance.add_dynamic_partitions(batches.name, new)
     return list(instance.get_dynamic_partitions(batches.name))

@@ -3,6 +3,7 @@ and the field; the inbox sensor and the refit schedules evaluate against a real 
 
 from __future__ import annotations
 
+import logging.handlers
 import sys
 import uuid
 
@@ -14,7 +15,7 @@ from instruct_lf_dagster.components import Discovery
 from instruct_lf_dagster.core.discovery import STAGES
 from instruct_lf_dagster.definitions import build_definitions, declared
 from instruct_lf_dagster.partitions import batches
-from instruct_lf_dagster.resources.inbox import LocalInbox
+from instruct_lf_dagster.resources.inbox import LocalInbox, batch_key
 
 
 @pytest.mark.parametrize("env", ["local", "prod"])
@@ -125,6 +126,7 @@ def test_the_sensor_reads_each_file_once_then_asks_every_discovery(tmp_path):
     inbox.mkdir()
     (inbox / "day 1.jsonl").write_text('{"text": "x"}')
     (inbox / "day2.csv").write_text("text\ny\n")
+    day1, day2, day3 = (batch_key(n) for n in ("day 1.jsonl", "day2.csv", "day3.parquet"))
     defs = build_definitions("local", discoveries=[discovery("churn"), discovery("features")])
     sensor = defs.resolve_sensor_def("inbox_sensor")
     resources = {"inbox": LocalInbox(path=str(inbox))}
@@ -134,22 +136,22 @@ def test_the_sensor_reads_each_file_once_then_asks_every_discovery(tmp_path):
             context = dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
             return sensor(context)
 
-        # New files: registered as batches and read once, by the shared documents job.
+        # New files: registered as batches (in the order of their names) and read once, by the documents job.
         result = evaluate()
-        assert result.dynamic_partitions_requests[0].partition_keys == ["day2.csv", "day_1.jsonl"]
+        assert result.dynamic_partitions_requests[0].partition_keys == [day1, day2]
         assert [(r.job_name, r.partition_key) for r in result.run_requests] == [
-            ("read_documents", "day2.csv"),
-            ("read_documents", "day_1.jsonl"),
+            ("read_documents", day1),
+            ("read_documents", day2),
         ]
-        instance.add_dynamic_partitions(batches.name, ["day2.csv", "day_1.jsonl"])
-        for key in ("day2.csv", "day_1.jsonl"):
+        instance.add_dynamic_partitions(batches.name, [day1, day2])
+        for key in (day1, day2):
             instance.report_runless_asset_event(dg.AssetMaterialization("documents", partition=key))
 
         # Read: one run per discovery, each its own job over every batch (no factors yet).
         result = evaluate(result.cursor)
         assert sorted(r.job_name for r in result.run_requests) == ["churn_discovery", "features_discovery"]
         for request in result.run_requests:
-            assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("day2.csv", "day_1.jsonl")
+            assert (request.tags[RANGE_START], request.tags[RANGE_END]) == (day1, day2)
             job = defs.resolve_job_def(request.job_name)
             assert job.tags[DISCOVERY_TAG] == request.job_name.removesuffix("_discovery")
         cursor = result.cursor
@@ -159,16 +161,56 @@ def test_the_sensor_reads_each_file_once_then_asks_every_discovery(tmp_path):
         instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["churn", "latent_factors"])))
         (inbox / "day3.parquet").write_bytes(b"later")
         result = evaluate(cursor)
-        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [
-            ("read_documents", "day3.parquet")
-        ]
-        instance.add_dynamic_partitions(batches.name, ["day3.parquet"])
-        instance.report_runless_asset_event(dg.AssetMaterialization("documents", partition="day3.parquet"))
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("read_documents", day3)]
+        instance.add_dynamic_partitions(batches.name, [day3])
+        instance.report_runless_asset_event(dg.AssetMaterialization("documents", partition=day3))
         result = evaluate(result.cursor)
         requests = {r.job_name: r for r in result.run_requests}
         assert set(requests) == {"churn_batch", "features_discovery"}
-        assert requests["churn_batch"].partition_key == "day3.parquet"
-        assert requests["features_discovery"].tags[RANGE_END] == "day3.parquet"
+        assert requests["churn_batch"].partition_key == day3
+        assert requests["features_discovery"].tags[RANGE_END] == day3
+
+
+def test_the_sensor_registers_colliding_names_apart_and_keeps_an_old_key(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("with space.jsonl", "with_space.jsonl", "映画レビュー.jsonl", "電影評論.jsonl"):
+        (inbox / name).write_text('{"text": "x"}')
+    with dg.instance_for_test() as instance:
+        sensor = build_definitions("local", discoveries=[discovery("churn")]).resolve_sensor_def(
+            "inbox_sensor"
+        )
+        instance.add_dynamic_partitions(
+            batches.name, ["with_space.jsonl"]
+        )  # registered by an earlier version
+        context = dg.build_sensor_context(instance=instance, resources={"inbox": LocalInbox(path=str(inbox))})
+        result = sensor(context)
+    new = result.dynamic_partitions_requests[0].partition_keys
+    assert new == [batch_key(n) for n in ("with_space.jsonl", "映画レビュー.jsonl", "電影評論.jsonl")]
+    assert [r.partition_key for r in result.run_requests] == new
+
+
+def test_the_sensor_logs_a_file_it_cannot_record_at_error(tmp_path, monkeypatch):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "day 1.jsonl").write_text('{"text": "x"}')
+
+    def refuse(self, key, name):
+        raise OSError(28, "No space left on device", str(inbox / ".batches" / key))
+
+    monkeypatch.setattr(LocalInbox, "_add_record", refuse)
+    logged = logging.handlers.BufferingHandler(capacity=100)
+    with dg.instance_for_test() as instance:
+        sensor = build_definitions("local", discoveries=[discovery("churn")]).resolve_sensor_def(
+            "inbox_sensor"
+        )
+        context = dg.build_sensor_context(instance=instance, resources={"inbox": LocalInbox(path=str(inbox))})
+        context.log.addHandler(logged)  # the sensor's log, which the UI shows with its tick
+        result = sensor(context)
+    assert result.dynamic_partitions_requests[0].partition_keys == [batch_key("day 1.jsonl")]
+    (record,) = logged.buffer
+    message = record.getMessage()
+    assert record.levelno == logging.ERROR and "day 1.jsonl" in message and "No space left" in message
 
 
 def test_each_discovery_refits_every_batch_on_its_own_schedule():

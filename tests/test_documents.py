@@ -1,4 +1,5 @@
-"""Reading inbox files: every format, and bad input that fails clearly or is skipped and counted."""
+"""Reading inbox files: every format, and bad input that fails clearly or is skipped and counted (the inbox
+itself, its listing and batch keys: test_inbox.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pandas as pd
 import pytest
 
 from instruct_lf_dagster.assets.documents import BatchError, DocumentsConfig, read_batch
-from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox, batch_key
 
 CONFIG = DocumentsConfig()
 
@@ -83,45 +83,3 @@ def test_ten_megabyte_document_is_clipped():
 def test_unusable_files_fail_naming_the_file(name, data, message):
     with pytest.raises(BatchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_batch("b", name, data, CONFIG)
-
-
-@pytest.mark.parametrize(
-    "name, key",
-    [
-        ("reviews 2024-01.jsonl", "reviews_2024-01.jsonl"),
-        ("../../etc/passwd.csv", "passwd.csv"),
-        ("weird'; DROP TABLE x;--.csv", "weird_DROP_TABLE_x_--.csv"),
-        ("..jsonl", "jsonl"),
-    ],
-)
-def test_batch_keys_are_sanitised(name, key):
-    assert batch_key(name) == key
-
-
-def test_local_inbox_lists_and_reads(tmp_path):
-    inbox = LocalInbox(path=str(tmp_path))
-    (tmp_path / "a b.jsonl").write_text('{"text": "x"}')
-    (tmp_path / "notes.txt").write_text("ignored")
-    assert inbox.files() == {"a_b.jsonl": "a b.jsonl"}
-    assert inbox.read("a_b.jsonl") == ("a b.jsonl", b'{"text": "x"}')
-    with pytest.raises(FileNotFoundError, match="batch 'gone.jsonl': no file for it"):
-        inbox.read("gone.jsonl")
-
-
-def test_inbox_names_colliding_files(tmp_path, caplog):
-    inbox = LocalInbox(path=str(tmp_path))
-    (tmp_path / "a b.jsonl").write_text('{"text": "x"}')
-    (tmp_path / "a_b.jsonl").write_text('{"text": "y"}')
-    assert inbox.files() == {"a_b.jsonl": "a b.jsonl"}
-    assert "a_b.jsonl" in caplog.text and "rename" in caplog.text
-
-
-@pytest.mark.integration
-def test_s3_inbox_lists_and_reads(s3_bucket):
-    s3, bucket = s3_bucket
-    client = s3.get_client()
-    client.put_object(Bucket=bucket, Key="inbox/day 1.csv", Body=b"text\nhello\n")
-    client.put_object(Bucket=bucket, Key="inbox/sub/skip.csv", Body=b"text\nno\n")
-    inbox = S3Inbox(s3=s3, bucket=bucket, prefix="inbox/")
-    assert inbox.files() == {"day_1.csv": "day 1.csv"}
-    assert inbox.read("day_1.csv") == ("day 1.csv", b"text\nhello\n")

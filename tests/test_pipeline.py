@@ -16,7 +16,7 @@ from instruct_lf_dagster.components import Discovery
 from instruct_lf_dagster.components.discovery import discovery_definitions
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.compute import ComputeResource
-from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox
+from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox, batch_key
 from instruct_lf_dagster.resources.llm import LLMResource
 from instruct_lf_dagster.resources.storage import LocalStorage, S3Storage, StorageIOManager
 
@@ -362,7 +362,7 @@ def test_a_run_goes_on_without_a_batch_whose_file_is_gone(tmp_path, keyword_llm,
     from instruct_lf_dagster import definitions, run
     from instruct_lf_dagster.settings import Settings
 
-    write_batches(tmp_path / "inbox", count=2)
+    names = write_batches(tmp_path / "inbox", count=2)
     resources = local_resources(tmp_path)
     monkeypatch.setitem(definitions.RESOURCES, "local", lambda settings: resources)
     with dg.instance_for_test() as inst:
@@ -370,5 +370,6 @@ def test_a_run_goes_on_without_a_batch_whose_file_is_gone(tmp_path, keyword_llm,
         outcome = run.run_discovery(Settings.from_env(), "movie_critics", inst)
         assert outcome.unread == ["gone.jsonl"] and not outcome.ok
         assert outcome.results[-1].success and not outcome.failed_steps
-        report = table(resources, "movie_critics__document_factors", ["reviews_0.jsonl", "reviews_1.jsonl"])
+        assert inst.get_dynamic_partitions(batches.name) == ["gone.jsonl", *map(batch_key, names)]
+        report = table(resources, "movie_critics__document_factors", [batch_key(n) for n in names])
         assert len(report) == 2 * len(REVIEWS)

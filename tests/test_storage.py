@@ -232,3 +232,50 @@ def test_s3_artefacts_are_downloaded_into_its_local_cache(s3_bucket, tmp_path):
     storage.save_artefact("vocabulary", vocab)
     assert storage.load_artefact("vocabulary") == vocab
     assert (tmp_path / "cache" / bucket / "unit" / "artefacts" / "vocabulary" / "manifest.json").exists()
+
+
+def test_a_copied_home_reads_its_own_files_through_its_views(data_home, tmp_path):
+    import shutil
+
+    import duckdb
+
+    storage = LocalStorage(home=str(data_home))
+    storage.write_table("documents", _rows("a", 2), ["a"])
+    storage.write_table("report", pd.DataFrame({"factor": [1]}), None)
+    copy = tmp_path / "copy"
+    shutil.copytree(data_home, copy, symlinks=True)
+    shutil.rmtree(data_home)
+    database = str(copy / "instruct_lf.duckdb")
+    # The problem: the views name the original, gone now.
+    with duckdb.connect(database) as con, pytest.raises(duckdb.IOException, match=str(data_home)):
+        con.sql("from documents").fetchall()
+
+    LocalStorage(home=str(copy)).write_table("documents", _rows("b", 1), ["b"])  # one write in the copy
+    with duckdb.connect(database) as con:
+        rows = con.sql("select document_id from documents").fetchall()
+        (sql,) = con.execute("select sql from duckdb_views() where view_name = 'documents'").fetchone()
+    assert sorted(rows) == [("a-0",), ("a-1",), ("b-0",)]
+    assert str(copy.resolve()) in sql
+
+
+@pytest.mark.parametrize("first_use", ["read", "has_table", "refresh_views", "a run"])
+def test_any_use_of_a_moved_home_makes_its_views_again(data_home, tmp_path, first_use):
+    import dagster as dg
+    import duckdb
+
+    LocalStorage(home=str(data_home)).write_table("documents", _rows("a", 1), ["a"])
+    LocalStorage(home=str(data_home)).write_table("report", pd.DataFrame({"factor": [1]}), None)
+    moved = tmp_path / "moved"
+    data_home.rename(moved)
+    storage = LocalStorage(home=str(moved))
+    if first_use == "read":
+        assert storage.read_table("report")["factor"].tolist() == [1]
+    elif first_use == "has_table":
+        assert storage.has_table("documents")
+    elif first_use == "refresh_views":
+        storage.refresh_views()
+    else:  # a run's resources are set up before any step asks for a table
+        with dg.build_resources({"storage": storage}):
+            pass
+    with duckdb.connect(str(moved / "instruct_lf.duckdb")) as con:
+        assert con.sql("select document_id from documents").fetchall() == [("a-0",)]

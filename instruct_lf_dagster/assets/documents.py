@@ -6,7 +6,7 @@ from pydantic import Field
 
 from instruct_lf_dagster.core.records import RecordsError, read_records
 from instruct_lf_dagster.partitions import batches, refuse_narrowed_backfill, single_run
-from instruct_lf_dagster.resources.inbox import Inbox
+from instruct_lf_dagster.resources.inbox import BatchFileError, Inbox
 
 
 class DocumentsConfig(dg.Config):
@@ -79,7 +79,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, inbox:
         try:
             name, data = inbox.read(batch)
             frame, report = read_batch(batch, name, data, config)
-        except (BatchError, FileNotFoundError) as exc:
+        except (BatchError, BatchFileError, FileNotFoundError) as exc:
             failed[batch] = str(exc)
             context.log.error(str(exc))
             continue

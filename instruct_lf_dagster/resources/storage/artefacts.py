@@ -31,9 +31,13 @@ def dump_artefact(obj: object, folder: Path) -> None:
     kind, name = matches[0]
     staging = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    obj.save(staging / name)
-    (staging / "manifest.json").write_text(json.dumps({"kind": kind, "saved_at": time.time()}))
+    try:
+        staging.mkdir(parents=True)
+        obj.save(staging / name)
+        (staging / "manifest.json").write_text(json.dumps({"kind": kind, "saved_at": time.time()}))
+    except BaseException:  # a failed save leaves the old artefact, and no half of one
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     # Swap in one step so a crash mid-save never leaves a half-written artefact behind.
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)

@@ -59,6 +59,9 @@ class Storage(dg.ConfigurableResource):
         """Store a self-contained HTML page; returns where it is (a file path or an s3:// URI)."""
         raise NotImplementedError
 
+    def refresh_views(self) -> None:
+        """Make again whatever shows the tables by path (LocalStorage's DuckDB views), with today's paths."""
+
     def scratch_dir(self) -> Path:
         """A local folder for disposable caches (e.g. embeddings): losing it costs time, never results."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ from pydantic import Field
 from instruct_lf_dagster.core.llm import Completion
 from instruct_lf_dagster.resources.storage.artefacts import dump_artefact, restore_artefact
 from instruct_lf_dagster.resources.storage.base import BATCH, Storage, arrow
+from instruct_lf_dagster.resources.storage.errors import named_write_errors
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,11 @@ class S3Storage(Storage):
             keys += [item["Key"] for item in page.get("Contents", [])]
         return keys
 
-    def _put_parquet(self, key: str, df: pd.DataFrame) -> None:
+    def _put_parquet(self, what: str, key: str, df: pd.DataFrame) -> None:
         buffer = io.BytesIO()
         pq.write_table(arrow(df), buffer)
-        self.s3.get_client().put_object(Bucket=self.bucket, Key=key, Body=buffer.getvalue())
+        with named_write_errors(what, f"s3://{self.bucket}/{key}"):
+            self.s3.get_client().put_object(Bucket=self.bucket, Key=key, Body=buffer.getvalue())
 
     def _get_parquet(self, key: str) -> pd.DataFrame:
         body = self.s3.get_client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -109,10 +111,11 @@ class S3Storage(Storage):
 
     def _write_table(self, name: str, df: pd.DataFrame, batches: list[str] | None) -> None:
         if batches is None:
-            self._put_parquet(self._key("tables", f"{name}.parquet"), df)
+            self._put_parquet(f"table {name!r}", self._key("tables", f"{name}.parquet"), df)
             return
         for batch in batches:
-            self._put_parquet(self._key("tables", name, f"{batch}.parquet"), df[df[BATCH] == batch])
+            key = self._key("tables", name, f"{batch}.parquet")
+            self._put_parquet(f"table {name!r} (batch {batch!r})", key, df[df[BATCH] == batch])
 
     def _read_table(self, name: str, batches: Sequence[str] | None) -> pd.DataFrame:
         if batches is None:
@@ -131,9 +134,11 @@ class S3Storage(Storage):
 
     def _save_artefact(self, name: str, obj: object) -> None:
         client = self.s3.get_client()
-        with tempfile.TemporaryDirectory() as tmp:
+        what, where = f"artefact {name!r}", f"s3://{self.bucket}/{self._key('artefacts', name)}"
+        with tempfile.TemporaryDirectory() as tmp, named_write_errors(what, where):
             folder = Path(tmp) / name
-            dump_artefact(obj, folder)
+            with named_write_errors(f"{what} (its local copy before the upload)", folder):
+                dump_artefact(obj, folder)
             stale = set(self._list(self._key("artefacts", name) + "/"))
             files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
             # The manifest goes last: a reader never sees a manifest without its files.
@@ -153,17 +158,19 @@ class S3Storage(Storage):
         # Under the bucket's name too: storages of several buckets can share one cache folder.
         folder = Path(self.local_cache).expanduser() / self.bucket / self._key("artefacts", name)
         shutil.rmtree(folder, ignore_errors=True)
-        for key in keys:
-            target = folder / key[len(prefix) :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(self.bucket, key, str(target))
+        with named_write_errors(f"artefact {name!r} (its local copy)", folder):
+            for key in keys:
+                target = folder / key[len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(self.bucket, key, str(target))
         return restore_artefact(folder)
 
     def save_page(self, name: str, html: str) -> str:
         key = self._key("pages", f"{name}.html")
-        self.s3.get_client().put_object(
-            Bucket=self.bucket, Key=key, Body=html.encode("utf-8"), ContentType="text/html; charset=utf-8"
-        )
+        with named_write_errors(f"page {name!r}", f"s3://{self.bucket}/{key}"):
+            self.s3.get_client().put_object(
+                Bucket=self.bucket, Key=key, Body=html.encode("utf-8"), ContentType="text/html; charset=utf-8"
+            )
         return f"s3://{self.bucket}/{key}"
 
     def scratch_dir(self) -> Path:
