@@ -142,9 +142,8 @@ class ResponseCache:
         while os.path.exists(aside):
             aside += "+"
         os.replace(self.path, aside)
-        if os.path.exists(
-            f"{self.path}.wal"
-        ):  # DuckDB's write-ahead log belongs to the file it was set aside with
+        # DuckDB's write-ahead log goes with its file: replayed into a fresh one, it would fail again.
+        if os.path.exists(f"{self.path}.wal"):
             os.replace(f"{self.path}.wal", f"{aside}.wal")
         message = " ".join(str(error).split())[:300]
         log.warning(
