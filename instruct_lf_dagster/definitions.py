@@ -30,6 +30,9 @@ DEFS_MODULE = "instruct_lf_dagster.defs"
 LOCAL_PROPOSALS_PER_BATCH = 64
 PROD_PROPOSALS_PER_BATCH = 500
 PROD_MODEL = "openai/gpt-4o-mini"
+# A model a discovery serves locally (ollama, a llama.cpp server) decodes on a CPU at 5-15 tokens/s, a few times
+# slower than a hosted API, for which LLMConfig's defaults are sized; the embedded model ignores timeouts.
+LOCAL_TIMEOUT, LOCAL_TIMEOUT_PER_TOKEN = 30.0, 0.25
 
 
 def local_llm(settings: Settings, model: str | None = None) -> LLMResource:
@@ -40,6 +43,8 @@ def local_llm(settings: Settings, model: str | None = None) -> LLMResource:
     return LLMResource(
         **({"model": model, "api_base": settings.llm_api_base} if model else {}),
         max_documents_per_batch=settings.max_proposals_per_batch or LOCAL_PROPOSALS_PER_BATCH,
+        timeout=LOCAL_TIMEOUT,
+        timeout_per_token=LOCAL_TIMEOUT_PER_TOKEN,
         cache_path=str(settings.home / CACHE_FILE),
         models_home=str(settings.home),
         llm_threads=settings.llm_threads,

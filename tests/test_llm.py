@@ -271,6 +271,8 @@ def test_api_key_stays_out_of_repr_and_errors(monkeypatch, litellm):
         {"temperature": -0.1},
         {"max_tokens": 0},
         {"timeout": 0},
+        {"timeout_per_token": -0.1},
+        {"batch_deadline": 0},
         {"retries": -1},
         {"max_concurrency": 0},
         {"budget_usd": 0},
@@ -497,7 +499,7 @@ def test_server_client_errors_are_not_retried(serve):
 @pytest.mark.integration
 def test_server_timeout_is_a_recorded_failure(serve):
     server = serve(default="sleep", sleep=3.0)
-    completions, usage = server.client(timeout=0.3, retries=0).complete([ask("slow")])
+    completions, usage = server.client(timeout=0.3, timeout_per_token=0, retries=0).complete([ask("slow")])
     assert "timeout" in completions[0].error.lower() or "timed out" in completions[0].error.lower()
     assert completions[0].error.startswith("Timeout:")
     assert usage.failures == 1 and len(server.requests) == 1

@@ -26,6 +26,8 @@ def test_config_reaches_the_client(tmp_path):
         temperature=0.3,
         max_tokens=64,
         timeout=5.0,
+        timeout_per_token=0.5,
+        batch_deadline=60.0,
         retries=1,
         max_concurrency=2,
         budget_usd=0.5,
@@ -41,12 +43,15 @@ def test_config_reaches_the_client(tmp_path):
         temperature=0.3,
         max_tokens=64,
         timeout=5.0,
+        timeout_per_token=0.5,
+        batch_deadline=60.0,
         retries=1,
         max_concurrency=2,
         budget_usd=0.5,
         budget_tokens=1000,
         seed=11,
     )
+    assert client.config.call_timeout == 5.0 + 0.5 * 64
     assert client.max_concurrency == 2
     assert client.cache.path == str(tmp_path / "cache.duckdb") and (tmp_path / "cache.duckdb").exists()
 

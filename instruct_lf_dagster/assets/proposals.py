@@ -47,17 +47,17 @@ def build(d: DiscoverySpec) -> list:
         )
         documents = documents[picked.astype(bool).to_numpy()].reset_index(drop=True)
         step = max(1, len(documents) // 10)
+        reported = [0]
 
         def progress(done: int, total: int) -> None:
-            if done % step == 0 or done == total:
-                context.log.info(f"{d.name}/proposals: {done}/{total} documents")
+            # The client repeats a count while calls take long: said too, so a slow endpoint is seen waiting.
+            if done % step == 0 or done == total or done == reported[0]:
+                waiting = " (waiting for the LLM)" if done == reported[0] else ""
+                context.log.info(f"{d.name}/proposals: {done}/{total} documents{waiting}")
+            reported[0] = done
 
-        result = propose(
-            llm.client_for(d.name, d.llm, storage.response_cache()),
-            d.goal,
-            documents["text"].tolist(),
-            progress=progress,
-        )
+        client = llm.client_for(d.name, d.llm, storage.response_cache())
+        result = propose(client, d.goal, documents["text"].tolist(), progress=progress)
         metadata = result.usage.as_metadata()
         if result.usage.budget_exhausted:
             # Everything answered so far is in the response cache: a re-run with a larger budget pays only the rest.
@@ -65,6 +65,14 @@ def build(d: DiscoverySpec) -> list:
                 f"LLM budget exhausted after {metadata['calls']} calls; completed answers are cached. "
                 "Raise the budget (llm resource: budget_usd / budget_tokens) and re-run.",
                 metadata=metadata,
+            )
+        if len(documents) and result.failed == len(documents):
+            # Nothing to build a vocabulary from: fail here, where the endpoint can be named.
+            last = client.last_error or next(e for e in reversed(result.errors) if e)
+            raise dg.Failure(
+                f"{d.name}/proposals: every LLM call failed ({len(documents)} documents): model {client.model} "
+                f"at {client.endpoint}; last error: {last}",
+                metadata={**metadata, "model": client.model, "endpoint": client.endpoint, "last_error": last},
             )
         out = pd.DataFrame(
             {

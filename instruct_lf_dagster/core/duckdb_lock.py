@@ -9,6 +9,16 @@ from pathlib import Path
 
 import duckdb
 
+# How DuckDB says that another process holds the file ("Could not set lock on file ...: Conflicting lock is
+# held in ..."); a bare "lock" would also match "block", which corruption errors name.
+_LOCKED = ("could not set lock", "conflicting lock")
+
+
+def is_locked(error: BaseException) -> bool:
+    """Whether a DuckDB error says that another process holds the database file."""
+    text = str(error).lower()
+    return any(sign in text for sign in _LOCKED)
+
 
 def connect_duckdb(path: str | Path, *, timeout: float, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the database file `path`, retried while another process holds its lock.
@@ -21,7 +31,7 @@ def connect_duckdb(path: str | Path, *, timeout: float, read_only: bool = False)
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() > deadline:
+            if not is_locked(error) or time.monotonic() > deadline:
                 raise
             # Random pauses, so that processes waiting for the same file do not retry in step.
             time.sleep(random.uniform(0.05, 0.5))

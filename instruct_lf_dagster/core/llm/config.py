@@ -26,9 +26,26 @@ class LLMConfig(BaseModel):
     api_base: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
     temperature: float = Field(default=0.0, ge=0, description="sampling temperature (0 = greedy)")
     max_tokens: int = Field(default=256, ge=1, description="most tokens per answer")
-    timeout: float = Field(default=120.0, gt=0, description="seconds before one HTTP call gives up")
+    timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds one HTTP call may take besides generating (connecting, queueing, reading the "
+        "prompt); the call's limit adds timeout_per_token for each of max_tokens",
+    )
+    timeout_per_token: float = Field(
+        default=0.05,
+        ge=0,
+        description="seconds a call may take per requested token (max_tokens): a few times the endpoint's "
+        "generation time per token",
+    )
+    batch_deadline: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds a batch of calls may take in all; calls not answered by then fail (answers so "
+        "far stay cached, a re-run asks only the rest); empty: no limit",
+    )
     retries: int = Field(
-        default=3, ge=0, description="extra attempts on 429, 5xx, timeouts and lost connections"
+        default=3, ge=0, description="extra attempts on 408, 429, 5xx, timeouts and lost connections"
     )
     max_concurrency: int = Field(
         default=4, ge=1, description="calls in flight at once (1 for embedded models)"
@@ -48,6 +65,11 @@ class LLMConfig(BaseModel):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         # An endpoint read from an unset environment variable arrives as "".
         return value or None
+
+    @property
+    def call_timeout(self) -> float:
+        """Seconds one HTTP call may take: sized to the answer it asks for."""
+        return self.timeout + self.timeout_per_token * self.max_tokens
 
     @property
     def embedded(self) -> bool:

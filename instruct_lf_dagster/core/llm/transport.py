@@ -1,11 +1,14 @@
-"""One request to a model through litellm: retries with backoff on transient errors, and a Completion that
-carries either the answer (text, tokens, cost) or a one-line error, never an exception."""
+"""One request to a model through litellm: a timeout sized to the answer, retries with backoff on transient
+errors within the batch's deadline, and a Completion that carries either the answer (text, tokens, cost) or a
+one-line error, never an exception."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import threading
 import time
 from types import ModuleType
 from typing import Any
@@ -15,8 +18,9 @@ from instruct_lf_dagster.core.llm.types import Completion, Messages
 
 log = logging.getLogger(__name__)
 
-# HTTP statuses worth asking again: request timeout, lock conflict, rate limit, and every server error.
-_TRANSIENT_STATUS = {408, 409, 429}
+# Client errors worth asking again: request timeout and rate limit. Every other 4xx (auth, bad request, unknown
+# model) fails the same way each time; every 5xx is worth another try.
+_TRANSIENT_STATUS = {408, 429}
 _MAX_BACKOFF_S = 60.0
 _MAX_ERROR_CHARS = 500
 
@@ -53,20 +57,47 @@ def list_price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
     return prompt_usd + completion_usd
 
 
-def _is_transient(error: Exception) -> bool:
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed call is worth another try: timeouts, lost connections, 408, 429 and 5xx."""
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return status in _TRANSIENT_STATUS
+    import openai  # litellm's Timeout and APIConnectionError derive from these
+
     litellm = load_litellm()
     if isinstance(
         error,
-        litellm.RateLimitError
+        openai.APIConnectionError
+        | litellm.RateLimitError
         | litellm.InternalServerError
         | litellm.ServiceUnavailableError
         | litellm.BadGatewayError
-        | litellm.APIConnectionError
-        | litellm.Timeout,
+        | TimeoutError
+        | ConnectionError,
     ):
         return True
-    status = getattr(error, "status_code", None)
-    return isinstance(status, int) and (status in _TRANSIENT_STATUS or status >= 500)
+    return isinstance(status, int) and status >= 500
+
+
+def endpoint(config: LLMConfig) -> str:
+    """Where the calls go, for messages: `api_base`, or the provider's default endpoint."""
+    if config.api_base:
+        return config.api_base
+    if config.embedded:
+        return "llama.cpp in this process"
+    try:
+        _, provider, _, base = load_litellm().get_llm_provider(config.model)
+    except Exception:  # a provider litellm does not know (custom ones are registered at run time)
+        provider, base = config.model.partition("/")[0], None
+    return base or f"the {provider} provider's default endpoint"
+
+
+def deadline_error(config: LLMConfig) -> str:
+    """The error of a request the batch's deadline left unanswered."""
+    return (
+        f"DeadlineExceeded: the batch's deadline (batch_deadline={config.batch_deadline:g} s) passed before an "
+        "answer; answered requests are cached, a re-run asks only the rest"
+    )
 
 
 def _retry_after(error: Exception) -> float | None:
@@ -81,10 +112,11 @@ def _retry_after(error: Exception) -> float | None:
 class Transport:
     """Sends one request at a time (thread-safe: it keeps no per-call state) under fixed settings.
 
-    `config.retries` counts extra attempts for transient failures (429, 5xx, timeouts, lost connections) with
-    exponential backoff from `retry_backoff` seconds (or the server's Retry-After); litellm's and the OpenAI
-    SDK's own retries are switched off so that one request makes at most `retries + 1` HTTP calls. `extra`
-    goes to `litellm.completion` unchanged (e.g. `mock_response` in tests) and may be changed in place.
+    Each HTTP call may take `config.call_timeout` seconds (less when the batch's deadline is nearer).
+    `config.retries` counts extra attempts for transient failures (see `is_transient`) with exponential backoff
+    from `retry_backoff` seconds (or the server's Retry-After); litellm's and the OpenAI SDK's own retries are
+    switched off so that one request makes at most `retries + 1` HTTP calls. `extra` goes to
+    `litellm.completion` unchanged (e.g. `mock_response` in tests) and may be changed in place.
     """
 
     def __init__(
@@ -100,19 +132,33 @@ class Transport:
         self.retry_backoff = retry_backoff
         self.extra: dict[str, Any] = {} if extra is None else extra
 
-    def send(self, messages: Messages, response_format: dict | None = None) -> Completion:
-        """One request with retries; never raises."""
+    def send(
+        self,
+        messages: Messages,
+        response_format: dict | None = None,
+        *,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Completion:
+        """One request with retries, given up at `deadline` (a `time.monotonic()` value) or once `cancel` is
+        set; never raises."""
         litellm = load_litellm()
         kwargs = self._arguments(messages, response_format)
         attempt = 0
         while True:
+            if cancel is not None and cancel.is_set():
+                return Completion(error="Cancelled: the batch stopped before this request was answered")
+            timeout = self._attempt_timeout(deadline)
+            if timeout is None:
+                return Completion(error=deadline_error(self.config), transient=True)
+            kwargs["timeout"] = timeout
             try:
                 return self._read(litellm.completion(**kwargs), messages)
             except Exception as error:
-                if attempt < self.config.retries and _is_transient(error):
-                    delay = _retry_after(error)
-                    if delay is None:
-                        delay = self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0)
+                transient = is_transient(error)
+                delay = self._backoff(error, attempt)
+                # No retry that the deadline would cut short: the error says more than "deadline passed".
+                if transient and attempt < self.config.retries and not _past(deadline, delay):
                     attempt += 1
                     log.info(
                         "LLM call failed (%s), retry %d/%d in %.1fs",
@@ -121,11 +167,30 @@ class Transport:
                         self.config.retries,
                         delay,
                     )
-                    time.sleep(min(delay, _MAX_BACKOFF_S))
+                    if cancel is None:
+                        time.sleep(delay)
+                    else:
+                        cancel.wait(delay)  # an interrupted batch does not wait out the backoff
                     continue
                 message = self.error_text(error, attempt)
                 log.warning("LLM call failed: %s", message)
-                return Completion(error=message)
+                return Completion(error=message, transient=transient)
+
+    def _backoff(self, error: Exception, attempt: int) -> float:
+        delay = _retry_after(error)
+        if delay is None:
+            delay = self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0)
+        return min(delay, _MAX_BACKOFF_S)
+
+    def _attempt_timeout(self, deadline: float | None) -> float | None:
+        """Seconds the next HTTP call may take; None when the deadline has passed."""
+        if deadline is None:
+            return self.config.call_timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        # Whole seconds: litellm keeps an HTTP client per distinct timeout.
+        return min(self.config.call_timeout, float(math.ceil(left)))
 
     def _arguments(self, messages: Messages, response_format: dict | None) -> dict[str, Any]:
         config = self.config
@@ -134,7 +199,6 @@ class Transport:
             "messages": messages,
             "temperature": config.temperature,
             "max_tokens": config.max_tokens,
-            "timeout": config.timeout,
             # Retries are ours alone: litellm's would add its own and the OpenAI SDK's attempts on top.
             "num_retries": 0,
             "max_retries": 0,
@@ -186,6 +250,10 @@ class Transport:
             completion_tokens=completion_tokens,
             cost_usd=_cost(response),
         )
+
+
+def _past(deadline: float | None, delay: float) -> bool:
+    return deadline is not None and time.monotonic() + delay >= deadline
 
 
 def _cost(response: Any) -> float:

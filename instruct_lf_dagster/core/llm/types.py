@@ -22,6 +22,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    transient: bool = False  # the error was the endpoint's (timeout, lost connection, 408, 429, 5xx)
 
     @property
     def ok(self) -> bool:
