@@ -119,7 +119,9 @@ def last_lines(output: str, marker: str) -> str:
 def killed_then_rerun(base: Path, port: int) -> tuple[str, float]:
     folder = home(base, "killed")
     env = environment(folder, port)
-    first = subprocess.Popen(COMMAND, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        COMMAND, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     for line in first.stdout:
         if "proposals: 4/10" in line:
             first.send_signal(signal.SIGKILL)
@@ -193,7 +195,7 @@ def damaged_cache(base: Path, port: int) -> tuple[str, float]:
 
 def broken_file(base: Path, port: int) -> tuple[str, float]:
     good = "\n".join(json.dumps({"id": f"r{i}", "text": t}) for i, t in enumerate(REVIEWS))
-    folder = home(base, "broken", {"part1.jsonl": good, "part2.jsonl": '{"id": "x", "text": "ok"}\n{broken\n'})
+    folder = home(base, "broken", {"part1.jsonl": good, "part2.jsonl": "{broken\n"})
     code, output, seconds = run(environment(folder, port))
     return f"rc {code}; {last_lines(output, 'not JSON')}; summary: {last_lines(output, '  - batch')}", seconds
 
@@ -210,7 +212,10 @@ def copied_home(base: Path, port: int) -> tuple[str, float]:
     code, _, _ = run(environment(copy, port))
     with duckdb.connect(str(copy / "home" / "instruct_lf.duckdb"), read_only=True) as con:
         rows = con.sql("select count(*) from documents").fetchone()[0]
-    return f"rc {code}; the copy's `from documents`: {rows} rows, original deleted", time.monotonic() - started
+    return (
+        f"rc {code}; the copy's `from documents`: {rows} rows, original deleted",
+        time.monotonic() - started,
+    )
 
 
 TRIALS = {
