@@ -12,6 +12,7 @@ import pytest
 from instruct_lf_dagster.evaluation import next_action as na
 from instruct_lf_dagster.evaluation import next_action_data as sources
 from instruct_lf_dagster.evaluation import next_action_protocol as protocol
+from instruct_lf_dagster.settings import Settings
 
 FIXTURE = Path(__file__).parent / "data" / "alfworld_expert_tiny.jsonl"
 
@@ -115,7 +116,9 @@ def household_llm():
 def run(*options: str) -> dict:
     parser = argparse.ArgumentParser()
     na.add_arguments(parser)
-    return na.main(parser.parse_args(["--linker-epochs", "1", *options]))
+    args = parser.parse_args(["--linker-epochs", "1", *options])
+    args.settings = Settings.from_env()  # what the CLI adds: the environment's settings (this test's home)
+    return na.main(args)
 
 
 @pytest.mark.integration

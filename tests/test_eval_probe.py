@@ -21,6 +21,7 @@ from instruct_lf_dagster.evaluation.probe_protocol import (
     refit_factors,
     split,
 )
+from instruct_lf_dagster.settings import Settings
 
 GENRES = {
     "comedy": ("funny", "laugh"),
@@ -57,13 +58,16 @@ def write(rows: list[dict], path) -> None:
 def args_for(path, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     probe.add_arguments(parser)
-    return parser.parse_args(
+    args = parser.parse_args(
         [
             "--data", str(path), "--text-field", "review", "--label-field", "genre", "--label-field", "pace",
             "--goal", "What kind of movie is this?", "--model", "keywords/fake", "--folds", "3",
             "--linker-epochs", "1", "--corex-iter", "50", "--proposal-docs", "16", "--seeds", "0,1", *extra,
         ]
     )  # fmt: skip
+    args.settings = Settings.from_env()  # what the CLI adds: the environment's settings (this test's home)
+    args.home = args.settings.home
+    return args
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])

@@ -189,10 +189,10 @@ def evaluate_seed(
             record("compatibility" + suffix, *knn_scores(rows[: len(train)], rows[len(train) :], data))
         if "instruct_lf" not in methods:
             return
-        chosen = settings.method.factors
-        l1s = dict.fromkeys((chosen.l1, *settings.l1_alternatives))
-        sizes = dict.fromkeys((chosen.n_factors, *settings.factor_alternatives))
-        candidates = {(chosen.n_factors, chosen.l1): model.factors_}
+        first = settings.method.factors
+        l1s = dict.fromkeys((first.l1, *settings.l1_alternatives))
+        sizes = dict.fromkeys((first.n_factors, *settings.factor_alternatives))
+        candidates = {(first.n_factors, first.l1): model.factors_}
         corpus = model.compatibility(data.contexts()) if len(l1s) * len(sizes) > 1 else None
         for m in sizes:
             for l1 in l1s:
