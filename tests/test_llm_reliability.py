@@ -41,27 +41,31 @@ class Status(Exception):
 
 
 @pytest.mark.parametrize(
-    ("error", "retried"),
+    (
+        "error",
+        "calls",
+    ),  # with retries=2: 1 = not retried; a timeout costs a whole call, so it is retried once
     [
-        (lambda m: m.AuthenticationError("bad key", "openai", "m"), False),
-        (lambda m: m.BadRequestError("malformed", model="m", llm_provider="openai"), False),
-        (lambda m: m.NotFoundError("no such model", model="m", llm_provider="openai"), False),
-        (lambda m: Status(409), False),
-        (lambda m: Status(408), True),
-        (lambda m: m.RateLimitError("slow down", llm_provider="openai", model="m"), True),
-        (lambda m: m.ServiceUnavailableError("busy", llm_provider="openai", model="m"), True),
-        (lambda m: Status(502), True),
-        (lambda m: m.Timeout("timed out", model="m", llm_provider="openai"), True),
-        (lambda m: m.APIConnectionError("connection refused", llm_provider="openai", model="m"), True),
+        (lambda m: m.AuthenticationError("bad key", "openai", "m"), 1),
+        (lambda m: m.BadRequestError("malformed", model="m", llm_provider="openai"), 1),
+        (lambda m: m.NotFoundError("no such model", model="m", llm_provider="openai"), 1),
+        (lambda m: Status(409), 1),
+        (lambda m: Status(408), 2),  # litellm reads a 408 as its Timeout
+        (lambda m: m.RateLimitError("slow down", llm_provider="openai", model="m"), 3),
+        (lambda m: m.ServiceUnavailableError("busy", llm_provider="openai", model="m"), 3),
+        (lambda m: Status(502), 3),
+        (lambda m: m.Timeout("timed out", model="m", llm_provider="openai"), 2),
+        (lambda m: m.APIConnectionError("connection refused", llm_provider="openai", model="m"), 3),
     ],
 )
-def test_only_errors_worth_it_are_retried(monkeypatch, litellm, error, retried):
+def test_only_errors_worth_it_are_retried(monkeypatch, litellm, error, calls):
+    retried = calls > 1
     real, attempts = litellm.completion, []
     monkeypatch.setattr(litellm, "completion", lambda **kw: attempts.append(kw) or real(**kw))
     config = LLMConfig(model="openai/m", retries=2)
     llm = LLMClient(config, cache=ResponseCache.memory(), retry_backoff=0.001, mock_response=error(litellm))
     completions, usage = llm.complete([ask("x")])
-    assert len(attempts) == (3 if retried else 1) and usage.failures == 1
+    assert len(attempts) == calls and usage.failures == 1
     assert completions[0].transient == retried and llm.last_error == completions[0].error
     assert all(kw["num_retries"] == 0 and kw["max_retries"] == 0 for kw in attempts)  # litellm's are off
 

@@ -274,7 +274,9 @@ def test_the_method_object_and_the_asset_graph_agree_under_a_proposal_budget(tmp
 
     # A backfill of one batch asks about the same documents again: no new call.
     calls = keyword_llm.calls
-    assert run(resources, instance, [keys[0]], discoveries=[d], selection=[dg.AssetKey(d.spec().key("proposals"))]).success
+    assert run(
+        resources, instance, [keys[0]], discoveries=[d], selection=[dg.AssetKey(d.spec().key("proposals"))]
+    ).success
     assert keyword_llm.calls == calls
     assert set(table(resources, "reviews__proposals", keys)["document_id"]) == set(proposed["document_id"])
 

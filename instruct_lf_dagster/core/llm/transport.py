@@ -57,6 +57,12 @@ def list_price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
     return prompt_usd + completion_usd
 
 
+def _timed_out(error: BaseException) -> bool:
+    import openai  # litellm.Timeout derives from openai.APITimeoutError
+
+    return isinstance(error, openai.APITimeoutError | TimeoutError)
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether a failed call is worth another try: timeouts, lost connections, 408, 429 and 5xx."""
     status = getattr(error, "status_code", None)
@@ -157,8 +163,11 @@ class Transport:
             except Exception as error:
                 transient = is_transient(error)
                 delay = self._backoff(error, attempt)
-                # No retry that the deadline would cut short: the error says more than "deadline passed".
-                if transient and attempt < self.config.retries and not _past(deadline, delay):
+                # A server that let a whole call time out is asked once more, not `retries` times: each try
+                # costs the full call timeout. No retry that the deadline would cut short either: the error
+                # says more than "deadline passed".
+                limit = min(1, self.config.retries) if _timed_out(error) else self.config.retries
+                if transient and attempt < limit and not _past(deadline, delay):
                     attempt += 1
                     log.info(
                         "LLM call failed (%s), retry %d/%d in %.1fs",
