@@ -185,8 +185,8 @@ def colliding_names(base: Path, port: int) -> tuple[str, float]:
     files = {"with space.jsonl": "\n".join(lines[:3]), "with_space.jsonl": "\n".join(lines[3:])}
     folder = home(base, "names", files)
     code, output, seconds = run(environment(folder, port))
-    read = [line.split(" - ")[-1] for line in output.splitlines() if ": 3 documents" in line]
-    return f"rc {code}; {len(read)} batches read: " + "; ".join(r[:40] for r in read), seconds
+    read = [line.split(" - ")[-1].split(" (")[0] for line in output.splitlines() if ": 3 documents (" in line]
+    return f"rc {code}; {len(read)} batches: " + "; ".join(read), seconds
 
 
 def damaged_cache(base: Path, port: int) -> tuple[str, float]:
@@ -200,7 +200,8 @@ def broken_file(base: Path, port: int) -> tuple[str, float]:
     good = "\n".join(json.dumps({"id": f"r{i}", "text": t}) for i, t in enumerate(REVIEWS))
     folder = home(base, "broken", {"part1.jsonl": good, "part2.jsonl": "{broken\n"})
     code, output, seconds = run(environment(folder, port))
-    return f"rc {code}; {last_lines(output, 'not JSON')}; summary: {last_lines(output, '  - batch')}", seconds
+    error = next((line for line in output.splitlines() if " - ERROR - " in line and "part2" in line), "")
+    return f"rc {code}; {error.split(' - ')[-1][:120]}; summary: {last_lines(output, '  - batch')}", seconds
 
 
 def copied_home(base: Path, port: int) -> tuple[str, float]:
@@ -214,7 +215,7 @@ def copied_home(base: Path, port: int) -> tuple[str, float]:
     started = time.monotonic()
     code, _, _ = run(environment(copy, port))
     with duckdb.connect(str(copy / "home" / "instruct_lf.duckdb"), read_only=True) as con:
-        rows = con.sql("select count(*) from documents").fetchone()[0]
+        rows = con.sql("select count(*) from documents").fetchall()[0][0]
     return (
         f"rc {code}; the copy's `from documents`: {rows} rows, original deleted",
         time.monotonic() - started,
@@ -235,10 +236,12 @@ TRIALS = {
 
 
 def main() -> None:
+    """Run every trial (or those whose names contain one of the command-line arguments)."""
     server = serve(Answering)
     rows = []
+    chosen = {n: t for n, t in TRIALS.items() if not sys.argv[1:] or any(a in n for a in sys.argv[1:])}
     with tempfile.TemporaryDirectory(prefix="instruct-lf-trials-") as tmp:
-        for name, trial in TRIALS.items():
+        for name, trial in chosen.items():
             print(f"trial: {name}", file=sys.stderr, flush=True)
             try:
                 happened, seconds = trial(Path(tmp), server.server_port)
