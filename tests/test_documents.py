@@ -78,6 +78,7 @@ def test_ten_megabyte_document_is_clipped():
         ("none.jsonl", _jsonl([{"text": ""}, {"text": " "}]), "none.jsonl: no document has any text"),
         ("bad.parquet", b"not parquet", "bad.parquet: not a readable Parquet file"),
         ("bad.json", b"[{", "bad.json: not a readable JSON array"),
+        ("broken.jsonl", b"{broken\n{also broken\n", "broken.jsonl: line 1 is not JSON"),
     ],
 )
 def test_unusable_files_fail_naming_the_file(name, data, message):

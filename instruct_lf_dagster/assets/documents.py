@@ -23,11 +23,14 @@ class BatchError(ValueError):
 
 def _rows(name: str, data: bytes) -> tuple[pd.DataFrame, int]:
     """The file's rows, and how many JSON lines could not be decoded (skipped, not fatal)."""
-    bad: list[int] = []
+    bad: list[tuple[int, str]] = []
     try:
-        frame = read_records(name, data, on_bad_line=lambda number, _reason: bad.append(number))
+        frame = read_records(name, data, on_bad_line=lambda number, reason: bad.append((number, reason)))
     except RecordsError as exc:
         raise BatchError(str(exc)) from exc
+    if frame.empty and bad:  # nothing but bad lines: say what is wrong with the first, not "no column"
+        number, reason = bad[0]
+        raise BatchError(f"{name}: line {number} is {reason}; no line of the file could be read")
     return frame, len(bad)
 
 
