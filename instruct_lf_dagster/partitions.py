@@ -41,3 +41,9 @@ def refuse_narrowed_backfill(context: dg.AssetExecutionContext) -> None:
 def asset_key(d: DiscoverySpec, stage: str) -> dg.AssetKey:
     """The asset key of one of a discovery's stages: `<name>/<stage>`."""
     return dg.AssetKey(d.key(stage))
+
+
+def per_batch(d: DiscoverySpec) -> dict:
+    """What each per-batch asset of a discovery declares: the batches, one run per backfill, the discovery's group
+    and the single-writer `duckdb` pool."""
+    return {"partitions_def": batches, "backfill_policy": single_run, "group_name": d.name, "pool": "duckdb"}

@@ -9,20 +9,15 @@ from instruct_lf_dagster.core.compatibility import compatibility as compatibilit
 from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.core.vocabulary import Vocabulary
-from instruct_lf_dagster.partitions import DOCUMENTS, asset_key, batches, refuse_narrowed_backfill, single_run
+from instruct_lf_dagster.partitions import DOCUMENTS, asset_key, per_batch, refuse_narrowed_backfill
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.storage import Storage
 
 
 def build(d: DiscoverySpec) -> list:
-    """The per-batch scoring assets of `d` and their checks."""
+    """`<name>/compatibility` with its finiteness check."""
     versions = d.versions()
-    common = {
-        "partitions_def": batches,
-        "backfill_policy": single_run,
-        "group_name": d.name,
-        "pool": "duckdb",
-    }
+    common = per_batch(d)
 
     @dg.asset(
         key=asset_key(d, "compatibility"),

@@ -9,7 +9,7 @@ from instruct_lf_dagster.assets.matrix import read
 from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.core.drift import STRONG
 from instruct_lf_dagster.core.factors import Factors
-from instruct_lf_dagster.partitions import asset_key, batches, refuse_narrowed_backfill, single_run
+from instruct_lf_dagster.partitions import asset_key, per_batch, refuse_narrowed_backfill
 from instruct_lf_dagster.resources.storage import Storage
 
 
@@ -19,14 +19,9 @@ def coverage(scores: np.ndarray) -> float:
 
 
 def build(d: DiscoverySpec) -> list:
-    """The per-batch scoring assets of `d` and their checks."""
+    """`<name>/document_factors` with its coverage check."""
     versions = d.versions()
-    common = {
-        "partitions_def": batches,
-        "backfill_policy": single_run,
-        "group_name": d.name,
-        "pool": "duckdb",
-    }
+    common = per_batch(d)
 
     @dg.asset(
         key=asset_key(d, "document_factors"),
