@@ -20,37 +20,24 @@ SECRET = "sk-resource-secret-42"
 
 
 def test_config_reaches_the_client(tmp_path):
-    resource = LLMResource(
-        model="openai/gpt-4o-mini",
-        api_base="http://127.0.0.1:9/v1",
-        temperature=0.3,
-        max_tokens=64,
-        timeout=5.0,
-        timeout_per_token=0.5,
-        batch_deadline=60.0,
-        retries=1,
-        max_concurrency=2,
-        budget_usd=0.5,
-        budget_tokens=1000,
-        cache_path=str(tmp_path / "cache.duckdb"),
-        seed=11,
-    )
+    settings = {
+        "model": "openai/gpt-4o-mini",
+        "api_base": "http://127.0.0.1:9/v1",
+        "temperature": 0.3,
+        "max_tokens": 64,
+        "timeout": 5.0,
+        "timeout_per_token": 0.5,
+        "batch_deadline": 60.0,
+        "retries": 1,
+        "max_concurrency": 2,
+        "budget_usd": 0.5,
+        "budget_tokens": 1000,
+        "seed": 11,
+    }
+    resource = LLMResource(**settings, cache_path=str(tmp_path / "cache.duckdb"))
     client = resource.get_client()
     assert isinstance(client, LLMClient) and type(client.config) is LLMConfig
-    assert client.config == LLMConfig(
-        model="openai/gpt-4o-mini",
-        api_base="http://127.0.0.1:9/v1",
-        temperature=0.3,
-        max_tokens=64,
-        timeout=5.0,
-        timeout_per_token=0.5,
-        batch_deadline=60.0,
-        retries=1,
-        max_concurrency=2,
-        budget_usd=0.5,
-        budget_tokens=1000,
-        seed=11,
-    )
+    assert client.config == LLMConfig(**settings)
     assert client.config.call_timeout == 5.0 + 0.5 * 64
     assert client.max_concurrency == 2
     assert client.cache.path == str(tmp_path / "cache.duckdb") and (tmp_path / "cache.duckdb").exists()

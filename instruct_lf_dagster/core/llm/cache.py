@@ -36,25 +36,9 @@ CREATE TABLE IF NOT EXISTS llm_responses (
 """
 
 
-def cache_key(
-    model: str,
-    messages: Messages,
-    *,
-    temperature: float,
-    max_tokens: int,
-    seed: int | None,
-    response_format: dict | None = None,
-) -> str:
-    """sha256 of the canonical JSON of everything that changes a response."""
-    request = request_record(
-        model,
-        messages,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        seed=seed,
-        response_format=response_format,
-    )
-    return hashlib.sha256(request.encode("utf-8")).hexdigest()
+def cache_key(model: str, messages: Messages, **settings: object) -> str:
+    """sha256 of the canonical JSON of everything that changes a response (`request_record`'s arguments)."""
+    return hashlib.sha256(request_record(model, messages, **settings).encode("utf-8")).hexdigest()
 
 
 def request_record(
