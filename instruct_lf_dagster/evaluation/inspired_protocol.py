@@ -153,13 +153,13 @@ def evaluate_seed(
     timed("raw_embedding", embeddings)
 
     def lda() -> None:
-        topics = representations.lda_topics(train, train + test, n_topics=settings.lda_topics, seed=seed)
+        topics = representations.LDA(settings.lda_topics, seed=seed).fit(train).transform(train + test)
         record("lda", *knn_scores(topics[: len(train)], topics[len(train) :], data))
 
     timed("lda", lda)
 
     def bertopic() -> None:
-        topics = representations.bertopic_topics(train, train + test, seed=seed)
+        topics = representations.BERTopicPeer(seed=seed).fit(train).transform(train + test)
         record("bertopic", *knn_scores(topics[: len(train)], topics[len(train) :], data))
 
     if representations.bertopic_available():

@@ -210,9 +210,9 @@ def main(args: argparse.Namespace) -> dict:
     for seed in seeds:
         features = dict(fixed)
         if "lda" in methods:
-            features["lda"] = rep.lda_topics(fit_texts, texts, seed=seed)
+            features["lda"] = rep.LDA(seed=seed).fit(fit_texts).transform(texts)
         if "bertopic" in methods:
-            features["bertopic"] = rep.bertopic_topics(fit_texts, texts, seed=seed)
+            features["bertopic"] = rep.BERTopicPeer(seed=seed).fit(fit_texts).transform(texts)
         if model is not None:
             if seed != seeds[0]:
                 factors = refit_factors(model, fit_texts, seed, chosen_l1, chosen_m)
