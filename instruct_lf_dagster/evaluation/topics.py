@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from instruct_lf_dagster.core.factors import Factors
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,18 @@ class Peer(Protocol):
 def hard_assignment(scores: np.ndarray) -> np.ndarray:
     """Each document's strongest topic: argmax of its row (ties: the lower index)."""
     return np.argmax(np.asarray(scores), axis=1)
+
+
+def factor_topics(
+    factors: Factors, strengths: np.ndarray, names: dict[int, str] | None = None, top: int = 10
+) -> Topics:
+    """Instruct-LF's non-empty factors as `Topics`: members are properties by mutual information, a document's
+    topic the factor it scores highest on (`strengths`: `Factors.strengths` of the fitted documents, high =
+    "has this factor's properties"); `names` by factor row, else the top property."""
+    rows = factors.nonempty()
+    members = [tuple(p for p, _ in factors.members(k)[:top]) for k in rows]
+    chosen = np.asarray(strengths)[:, rows] if rows else np.zeros((len(strengths), 0))
+    assignment = hard_assignment(chosen) if rows else np.full(len(strengths), -1)
+    return Topics(
+        [(names or {}).get(k) or m[0] for k, m in zip(rows, members, strict=True)], members, assignment
+    )
