@@ -31,6 +31,7 @@ EVALUATIONS = {
     "probe": "instruct_lf_dagster.evaluation.probe",
     "next-action": "instruct_lf_dagster.evaluation.next_action",
     "stability": "instruct_lf_dagster.evaluation.stability",
+    "quality": "instruct_lf_dagster.evaluation.quality",
 }
 
 

@@ -14,6 +14,8 @@ from instruct_lf_dagster.core.proposals import Example
 from instruct_lf_dagster.evaluation import probe, probe_data
 from instruct_lf_dagster.evaluation.probe_data import read_labelled
 from instruct_lf_dagster.evaluation.probe_protocol import (
+    agreement,
+    agreements,
     classifiers,
     cross_validated,
     evaluate,
@@ -152,6 +154,25 @@ def test_cross_validated_separable_constant_and_rare_labels():
     assert frequent(np.array(["a"] * 5 + ["b"] * 4)).tolist() == [True] * 5 + [False] * 4
     with pytest.raises(ValueError, match="'topic': fewer than 2 labels"):
         evaluate({"x": np.zeros((9, 1))}, {"topic": np.array(["a"] * 5 + ["b"] * 4)})
+
+
+def test_agreement_of_an_assignment_with_labels():
+    labels = np.array(["a", "a", "a", "b", "b", "b"])
+    # Topics that are the labels under other ids: every measure is perfect.
+    assert agreement(np.array([7, 7, 7, 2, 2, 2]), labels) == pytest.approx({"purity": 1, "ari": 1, "nmi": 1})
+    # One topic for everything: purity 1/2, inverse purity 1 -> harmonic 2/3; nothing explained.
+    everything = agreement(np.zeros(6, dtype=int), labels)
+    assert everything["purity"] == pytest.approx(2 / 3)
+    assert everything["ari"] == pytest.approx(0) and everything["nmi"] == pytest.approx(0)
+    # One topic per document: purity 1, inverse purity 1/3 -> harmonic 1/2.
+    assert agreement(np.arange(6), labels)["purity"] == pytest.approx(0.5)
+    # A hand-counted case: topics {0: a a b, 1: a b b} -> purity 4/6 and inverse purity 4/6.
+    mixed = agreement(np.array([0, 0, 1, 0, 1, 1]), labels)
+    assert mixed["purity"] == pytest.approx(4 / 6)
+    # BERTopic's outliers (-1) are one more cluster, not dropped.
+    assert agreement(np.array([-1, -1, -1, 2, 2, 2]), labels)["ari"] == pytest.approx(1)
+    table = agreements({"m": np.array([0, 0, 0, 1, 1, 1])}, {"field": labels})
+    assert set(table) == {"field/purity", "field/ari", "field/nmi"} and table["field/ari"] == {"m": 1.0}
 
 
 def test_a_file_needs_a_goal_and_labels(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from instruct_lf_dagster.core.llm.types import Completion, Usage
 from instruct_lf_dagster.core.proposals import Goal
-from instruct_lf_dagster.evaluation.quality import (
+from instruct_lf_dagster.evaluation.quality_protocol import (
     Judged,
     distinctiveness,
     embedding_coherence,

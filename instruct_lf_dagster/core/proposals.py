@@ -245,6 +245,8 @@ class Proposals:
     errors: list[str | None]
     raw: list[str | None]
     usage: object = None
+    # each request's answer, cached ones included: what the proposals cost, whether paid now or earlier
+    completions: list = field(default_factory=list, repr=False)
     failed: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -267,4 +269,5 @@ def propose(
         errors=[c.error for c in completions],
         raw=[c.text for c in completions],
         usage=usage,
+        completions=list(completions),
     )

@@ -17,7 +17,14 @@ from pathlib import Path
 from instruct_lf_dagster.evaluation import representations
 from instruct_lf_dagster.evaluation.inspired_data import PROPOSALS_FILE, Inspired, load_proposals
 from instruct_lf_dagster.evaluation.inspired_protocol import METHODS, PAPER, Settings, evaluate_seed, summary
-from instruct_lf_dagster.evaluation.report import aggregate, format_table, method_settings, numbers
+from instruct_lf_dagster.evaluation.report import (
+    aggregate,
+    cost_table,
+    format_table,
+    method_settings,
+    numbers,
+)
+from instruct_lf_dagster.evaluation.topics import Cost
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and runs reuse it: try other CorEx settings without fine-tuning again; linker settings must match, "
         "except --max-seq-length, the length it encodes at)",
     )
+    parser.add_argument(
+        "--topicgpt-sample",
+        type=int,
+        default=20,
+        help="training dialogues the topicgpt peer generates topics from",
+    )
+    parser.add_argument(
+        "--topicgpt-assign",
+        type=int,
+        default=100,
+        help="dialogues the topicgpt peer's LLM assigns, of the training and of the test dialogues each; the rest "
+        "by embedding similarity",
+    )
+    parser.add_argument(
+        "--model", default=None, help="the topicgpt peer's litellm model (default: the LLM resource's)"
+    )
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
+
+
+def topicgpt_rows(data: Inspired, args: argparse.Namespace, seed: int) -> tuple[tuple, Cost, str]:
+    """The topicgpt peer's (training rows, test rows) features, its cost and a note: topics generated from and
+    assigned to the training dialogues (each row gets its dialogue's topic), then the test dialogues assigned."""
+    from instruct_lf_dagster.definitions import local_llm
+    from instruct_lf_dagster.evaluation.inspired_propose import GOAL
+    from instruct_lf_dagster.evaluation.topicgpt import TopicGPT
+
+    client = local_llm(args.settings, args.model).get_client()
+    peer = TopicGPT(client, GOAL, sample=args.topicgpt_sample, assign=args.topicgpt_assign, seed=seed)
+    contexts = data.contexts()
+    found = peer.fit(contexts).topics().indicators()
+    row = {text: i for i, text in enumerate(contexts)}
+    train = found[[row[text] for text in data.train_dialogues]]
+    test = peer.transform(data.test_dialogues)
+    return (train, test), peer.cost, peer.describe()
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -138,8 +178,17 @@ def main(args: argparse.Namespace) -> dict:
         notes["bertopic"] = "skipped: pip install 'instruct-lf-dagster[baselines]'"
     started = time.perf_counter()
     cache = EmbeddingCache()
+    costs = {"instruct_lf": Cost(calls=len(proposals))}  # recorded proposals: calls known, tokens not kept
+    fixed, elapsed = {}, {}
+    if "topicgpt" in methods:
+        # Fitted once, with the first seed: its LLM calls are the costly step (like the linker's training).
+        clock = time.perf_counter()
+        fixed["topicgpt"], costs["topicgpt"], notes["topicgpt"] = topicgpt_rows(data, args, seeds[0])
+        elapsed["topicgpt"] = time.perf_counter() - clock
     for seed in seeds:
-        scores, chosen, seconds = evaluate_seed(data, proposals, seed, settings, methods, cache)
+        scores, chosen, seconds = evaluate_seed(data, proposals, seed, settings, methods, cache, fixed)
+        for method, value in seconds.items():
+            elapsed.setdefault(method, value)
         runs.append(scores)
         for method, note in chosen.items():
             per_seed.setdefault(method, []).append(note)
@@ -157,5 +206,8 @@ def main(args: argparse.Namespace) -> dict:
         for method, chosen in per_seed.items():
             notes[method] = chosen[0] if len(set(chosen)) == 1 else "; ".join(chosen)
         print(format_table(means, stds, notes=notes))
+        print("\nCost (LLM calls and tokens; seconds of this run's first seed):")
+        print(cost_table([m for m in methods if m in elapsed or m in costs], costs, elapsed))
+    result["cost"] = {m: c.as_dict() for m, c in costs.items() if m in methods}
     print(json.dumps(result))
     return result

@@ -115,10 +115,12 @@ def evaluate_seed(
     settings: Settings,
     methods: Sequence[str],
     cache: EmbeddingCache | None = None,
+    fixed: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[Scores, dict[str, str], dict[str, float]]:
     """One seed of every method: (metric -> method -> value, chosen n per method, seconds per method).
 
     `cache` keeps embeddings across seeds: the raw encoder's, and a reused linker's, do not depend on the seed.
+    `fixed`: method -> (training rows, test rows) of representations made once for every seed (topicgpt).
     """
     from instruct_lf_dagster.core.compatibility import EmbeddingCache
     from instruct_lf_dagster.core.linker import CONFIG_FILE, Linker
@@ -164,6 +166,8 @@ def evaluate_seed(
 
     if representations.bertopic_available():
         timed("bertopic", bertopic)
+    for method, (train_rows, test_rows) in (fixed or {}).items():
+        record(method, *knn_scores(train_rows, test_rows, data))
 
     def discover(budget: int | None) -> None:
         """The `compatibility` and `instruct_lf` rows when vocabulary and linker see the first `budget`
@@ -217,8 +221,8 @@ def evaluate_seed(
     return scores, chosen, seconds
 
 
-METHODS = ("popularity", "raw_embedding", "lda", "bertopic", "compatibility", "instruct_lf")
-BASELINES = ("popularity", "raw_embedding", "lda", "bertopic")
+METHODS = ("popularity", "raw_embedding", "lda", "bertopic", "topicgpt", "compatibility", "instruct_lf")
+BASELINES = ("popularity", "raw_embedding", "lda", "bertopic", "topicgpt")
 
 
 def summary(means: Scores) -> dict:

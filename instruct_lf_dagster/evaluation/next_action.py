@@ -4,7 +4,8 @@ Every prefix of an expert trajectory, up to an expert action, is a state (goal, 
 its label is that action. A state is predicted to take the action of its nearest training state (cosine), and
 accuracy is the share of exact matches once digits are ignored ("go to desk 1" = "go to desk 2"), on held-out
 games from the training distribution ("seen") and from a different one ("unseen"). Methods: the most frequent
-training action; raw all-MiniLM-L6-v2 embeddings; rows of the Instruct-LF compatibility matrix; factor scores.
+training action; raw all-MiniLM-L6-v2 embeddings and rows of the Instruct-LF compatibility matrix (references,
+not interpretable); the interpretable peers LDA, BERTopic and the LLM-only topicgpt (`--peers`); factor scores.
 
 Data: `--env twc` generates expert (gold) trajectories offline with TextWorldExpress (`pip install
 textworld-express`, needs Java): game `twc`, tidying a house, close to ALFWorld. Seen games share the training
@@ -54,9 +55,10 @@ from instruct_lf_dagster.evaluation.next_action_protocol import (
     proposal_sample,
     states,
 )
+from instruct_lf_dagster.evaluation.topics import Cost
 from instruct_lf_dagster.settings import Settings
 
-METHODS = ("most_frequent", "raw_embedding", "compatibility", "instruct_lf")
+METHODS = ("most_frequent", "raw_embedding", "compatibility", "lda", "bertopic", "topicgpt", "instruct_lf")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +91,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factors", type=int, default=0, help="latent factors (0 = automatic)")
     parser.add_argument("--l1", type=float, default=0.4, help="CorEx L1 penalty (the paper's ALFWorld value)")
     parser.add_argument("--linker-epochs", type=int, default=2, help="most linker epochs (default 2)")
+    parser.add_argument(
+        "--topicgpt-assign",
+        type=int,
+        default=36,
+        help="states of each split the topicgpt peer's LLM assigns (default 36, like --propose); the rest by "
+        "embedding similarity",
+    )
+    parser.add_argument(
+        "--topicgpt-sample", type=int, default=20, help="training states topicgpt generates from"
+    )
+    parser.add_argument(
+        "--peers", default="lda,bertopic,topicgpt", help="interpretable peers to compare (comma-separated)"
+    )
     parser.add_argument("--dev", action="store_true", help="evaluate on held-out training games instead")
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
 
@@ -109,7 +124,36 @@ def _splits(args: argparse.Namespace) -> dict[str, list[Trajectory]]:
     )
 
 
-def _propose(settings: Settings, model: str, texts: Sequence[str], say) -> list[list[str] | None]:
+def _peers(
+    names: Sequence[str], texts: dict[str, list[str]], seed: int, topicgpt: dict, client_for
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Cost], dict[str, str]]:
+    """Each peer's vectors per split (fitted on the training states), its LLM cost and a note; topicgpt is
+    fitted once (its calls are the costly step) and kept in `topicgpt` for later seeds."""
+    from instruct_lf_dagster.evaluation import representations as rep
+
+    spaces, costs, notes = {}, {}, {}
+    for name in names:
+        if name == "topicgpt":
+            if "space" not in topicgpt:
+                from instruct_lf_dagster.evaluation.topicgpt import TopicGPT
+
+                peer = TopicGPT(client_for(), GOAL, seed=seed, **topicgpt.pop("options"))
+                train = peer.fit(texts["train"]).topics().indicators()
+                topicgpt["space"] = {"train": train} | {
+                    split: peer.transform(rows) for split, rows in texts.items() if split != "train"
+                }
+                topicgpt["cost"], topicgpt["note"] = peer.cost, peer.describe()
+            spaces[name], costs[name], notes[name] = topicgpt["space"], topicgpt["cost"], topicgpt["note"]
+            continue
+        if name == "bertopic" and not rep.bertopic_available():
+            notes[name] = "skipped: pip install 'instruct-lf-dagster[baselines]'"
+            continue
+        peer = (rep.LDA if name == "lda" else rep.BERTopicPeer)(seed=seed).fit(texts["train"])
+        spaces[name] = {split: peer.transform(rows) for split, rows in texts.items()}
+    return spaces, costs, notes
+
+
+def _propose(settings: Settings, model: str, texts: Sequence[str], say):
     from instruct_lf_dagster.core.proposals import propose
     from instruct_lf_dagster.definitions import local_llm
 
@@ -123,13 +167,13 @@ def _propose(settings: Settings, model: str, texts: Sequence[str], say) -> list[
             f"proposals: {proposals.failed} of {len(texts)} calls failed; first error: "
             f"{next(e for e in proposals.errors if e)}"
         )
-    return proposals.properties
+    return proposals
 
 
 def main(args: argparse.Namespace) -> dict:
     """Run the evaluation, print a table and, last, the JSON summary."""
     from instruct_lf_dagster.core.pipeline import InstructLF
-    from instruct_lf_dagster.evaluation.report import aggregate, format_table, method_settings
+    from instruct_lf_dagster.evaluation.report import aggregate, cost_table, format_table, method_settings
     from instruct_lf_dagster.evaluation.representations import raw_embeddings
 
     method = method_settings(  # checked before hours of proposals
@@ -157,17 +201,34 @@ def main(args: argparse.Namespace) -> dict:
     proposed = [s.text for s in sample]
     seconds = {"data": time.perf_counter() - started}
     lap = time.perf_counter()
-    proposals = _propose(args.settings, args.model, proposed, say)
+    proposed_with = _propose(args.settings, args.model, proposed, say)
+    proposals = proposed_with.properties
+    costs = {"instruct_lf": Cost.of(proposed_with.completions)}
     seconds["proposals"], lap = time.perf_counter() - lap, time.perf_counter()
     raw = {name: raw_embeddings(rows, truncation=args.truncation) for name, rows in texts.items()}
     seconds["raw_embeddings"], lap = time.perf_counter() - lap, time.perf_counter()
-    runs, sizes = [], []
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = sorted(set(peers) - {"lda", "bertopic", "topicgpt"})
+    if unknown:
+        raise SystemExit(f"--peers: unknown {unknown} (known: lda, bertopic, topicgpt)")
+    topicgpt = {"options": {"sample": args.topicgpt_sample, "assign": args.topicgpt_assign}}
+
+    def client():
+        from instruct_lf_dagster.definitions import local_llm
+
+        return local_llm(args.settings, args.model).get_client()
+
+    runs, sizes, notes = [], [], {}
     for seed in seeds:
         model = InstructLF(method.but(seed=seed)).fit(proposed, proposals, corpus=texts["train"])
         compat = {name: model.compatibility(rows) for name, rows in texts.items()}
         factors = {name: model.factors_.scores(x) for name, x in compat.items()}
+        spaces, paid, notes = _peers(peers, texts, seed, topicgpt, client)
+        costs.update(paid)
         runs.append(
-            evaluate({"raw_embedding": raw, "compatibility": compat, "instruct_lf": factors}, actions)
+            evaluate(
+                {"raw_embedding": raw, "compatibility": compat, **spaces, "instruct_lf": factors}, actions
+            )
         )
         sizes.append((len(model.vocabulary_), model.factors_.n_factors))
         say(f"seed {seed}: {json.dumps(runs[-1])}")
@@ -187,6 +248,8 @@ def main(args: argparse.Namespace) -> dict:
         "properties": int(np.mean([p for p, _ in sizes])),
         "factors": int(np.mean([m for _, m in sizes])),
         "model": args.model,
+        "cost": {m: c.as_dict() for m, c in costs.items()},
+        "notes": notes,
         "seconds": {phase: round(t, 1) for phase, t in seconds.items()},
     }
     say(
@@ -194,6 +257,7 @@ def main(args: argparse.Namespace) -> dict:
         f"{len(proposed)} states proposed for, {result['properties']} properties, {result['factors']} factors; "
         f"accuracy (digits ignored), mean ± std over seeds {seeds}"
     )
-    say(format_table(means, stds))
+    say(format_table(means, stds, notes=notes))
+    say(f"\nLLM cost (cached answers counted as first paid):\n{cost_table(list(costs), costs, {})}")
     print(json.dumps(result))
     return result

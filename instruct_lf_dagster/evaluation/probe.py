@@ -5,11 +5,14 @@ without labels (LLM proposals, cached, for up to `--proposal-docs` of its docume
 rest), then every representation of the evaluation part is scored with a default DecisionTreeClassifier and a
 LogisticRegression, stratified k-fold cross-validation, balanced accuracy, once per label field.
 
-Representations: `majority` (a constant feature: every classifier predicts the most frequent class),
-`raw_embedding` (untrained all-MiniLM-L6-v2), `lda`, `bertopic` (when installed) and `instruct_lf`.
+Representations: the references `majority` (a constant feature: every classifier predicts the most frequent
+class), `raw_embedding` (untrained all-MiniLM-L6-v2) and `compatibility` (the matrix the factors come from;
+neither is interpretable), and the interpretable peers `lda`, `bertopic` (when installed), `topicgpt` (the
+LLM-only peer, with the same LLM) and `instruct_lf`. For the peers, a second table gives how each document's
+strongest topic agrees with the labels (harmonic purity, ARI, NMI), and a third what each method paid its LLM.
 The split is fixed by `--split-seed`, so the LLM is asked about one set of documents, and the linker is
 fine-tuned once, seeded by the first seed (it is the costly step on a CPU); each of `--seeds` reseeds
-everything else (CorEx, CV folds, classifiers, LDA, BERTopic). Labels with fewer members than folds in
+everything else (CorEx, CV folds, classifiers, LDA, BERTopic); topicgpt is fitted once, with the first seed. Labels with fewer members than folds in
 the evaluation part are left out of that field's scoring.
 
 `--data` takes a JSONL/JSON/CSV/Parquet file or a built-in public set, written into the data directory
@@ -25,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,15 +37,35 @@ from instruct_lf_dagster.core.proposals import Example, Goal, Proposals
 from instruct_lf_dagster.evaluation.probe_data import BUILTINS, Builtin, read_labelled, write_builtin
 from instruct_lf_dagster.evaluation.probe_protocol import (
     FOLDS,
+    agreements,
     choose_setting,
     evaluate,
     frequent,
     refit_factors,
     split,
 )
-from instruct_lf_dagster.evaluation.report import Scores, aggregate, format_table, method_settings, numbers
+from instruct_lf_dagster.evaluation.report import (
+    Scores,
+    aggregate,
+    cost_table,
+    format_table,
+    method_settings,
+    numbers,
+)
+from instruct_lf_dagster.evaluation.topicgpt import TopicGPT
+from instruct_lf_dagster.evaluation.topics import Cost, hard_assignment
 
-METHODS = ("majority", "raw_embedding", "lda", "bertopic", "instruct_lf")
+if TYPE_CHECKING:
+    from instruct_lf_dagster.core.factors import Factors
+    from instruct_lf_dagster.core.llm import LLMClient
+
+METHODS = ("majority", "raw_embedding", "compatibility", "lda", "bertopic", "topicgpt", "instruct_lf")
+TOPIC_METHODS = (
+    "lda",
+    "bertopic",
+    "topicgpt",
+    "instruct_lf",
+)  # the interpretable peers: labelled metrics too
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +115,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="most linker epochs (the paper: 20 with early stopping; one epoch takes minutes on 2 CPU cores)",
     )
+    parser.add_argument(
+        "--topicgpt-sample",
+        type=int,
+        default=20,
+        help="fit documents the topicgpt peer generates topics from",
+    )
+    parser.add_argument(
+        "--topicgpt-assign",
+        type=int,
+        default=150,
+        help="documents the topicgpt peer's LLM assigns, per part (fit, evaluation); the rest by embedding",
+    )
     parser.add_argument("--corex-iter", type=int, default=1000, help="most CorEx steps per annealing stage")
     parser.add_argument("--folds", type=int, default=FOLDS, help="cross-validation folds")
 
@@ -116,18 +152,32 @@ def _goal(args: argparse.Namespace, builtin: Builtin | None) -> Goal:
     return Goal(text=goal, document_kind=kind, examples=(example,) if example else ())
 
 
-def _propose(args: argparse.Namespace, goal: Goal, texts: list[str]) -> Proposals:
-    from instruct_lf_dagster.core.proposals import propose
+def _client(args: argparse.Namespace) -> LLMClient:
     from instruct_lf_dagster.definitions import local_llm
 
-    llm = local_llm(args.settings, args.model)
+    return local_llm(args.settings, args.model).get_client()
+
+
+def _assignment(method: str, scores: np.ndarray, factors: Factors | None) -> np.ndarray:
+    """A document's strongest topic; for factors, the one it has most of (oriented scores, non-empty factors),
+    and -1 for a document no BERTopic topic covers (an all-zero distribution)."""
+    if method == "instruct_lf" and factors is not None:
+        rows = factors.nonempty()
+        return np.asarray(rows)[hard_assignment(factors.oriented(scores)[:, rows])]
+    assignment = hard_assignment(scores)
+    return np.where(np.asarray(scores).max(axis=1) > 0, assignment, -1)
+
+
+def _propose(client: LLMClient, goal: Goal, texts: list[str]) -> Proposals:
+    from instruct_lf_dagster.core.proposals import propose
+
     step = max(1, len(texts) // 10)
 
     def progress(done: int, total: int) -> None:
         if done % step == 0 or done == total:
             _say(f"proposals: {done}/{total}")
 
-    result = propose(llm.get_client(), goal, texts, progress=progress)
+    result = propose(client, goal, texts, progress=progress)
     if result.usage.budget_exhausted:
         raise RuntimeError("LLM budget exhausted; answers so far are cached, re-run to continue")
     return result
@@ -152,7 +202,7 @@ def main(args: argparse.Namespace) -> dict:
     label_fields = args.label_fields or (list(builtin.labels) if builtin else [])
     if not label_fields:
         raise ValueError("--label-field is required for a data file")
-    goal = _goal(args, builtin) if "instruct_lf" in methods else None
+    goal = _goal(args, builtin) if {"instruct_lf", "topicgpt", "compatibility"} & set(methods) else None
     frame = read_labelled(path, args.text_field, label_fields)
     fit, held = split(len(frame), args.fit_fraction, max_docs=args.max_docs or None, seed=args.split_seed)
     fit_texts = frame["text"].iloc[fit].tolist()
@@ -165,16 +215,21 @@ def main(args: argparse.Namespace) -> dict:
     notes: dict[str, str] = {}
     if "bertopic" in methods and not rep.bertopic_available():
         methods.remove("bertopic")
-        notes["bertopic"] = "skipped: not installed (pip install bertopic)"
+        notes["bertopic"] = "skipped: not installed (pip install 'instruct-lf-dagster[baselines]')"
     fixed: dict[str, np.ndarray] = {}
+    costs: dict[str, Cost] = {}
+    seconds: dict[str, float] = {}
     if "majority" in methods:
         fixed["majority"] = np.zeros((len(texts), 1))
     if "raw_embedding" in methods:
         fixed["raw_embedding"] = rep.raw_embeddings(texts)
 
+    client = _client(args) if {"instruct_lf", "compatibility", "topicgpt"} & set(methods) else None
     proposed = fit_texts[: args.proposal_docs or None]
-    proposals = _propose(args, goal, proposed) if goal else None
-    model = None
+    clock = time.perf_counter()
+    discover = {"instruct_lf", "compatibility"} & set(methods)
+    proposals = _propose(client, goal, proposed) if discover else None
+    model, factors = None, None
     chosen_m, chosen_l1 = 0, l1s[0]  # the factors used, once discovered
     if proposals is not None:
         from instruct_lf_dagster.core.pipeline import InstructLF
@@ -206,22 +261,48 @@ def main(args: argparse.Namespace) -> dict:
             f"{len(model.vocabulary_)} properties -> {chosen_m} factors, l1 {chosen_l1:g}; "
             f"linker {model.linker_report_.epochs_run} epochs"
         )
+        costs["instruct_lf"] = Cost.of(proposals.completions)
+        seconds["instruct_lf"] = time.perf_counter() - clock
+        x = model.compatibility(texts)
+        if "compatibility" in methods:
+            fixed["compatibility"] = x
+    topicgpt = None
+    if "topicgpt" in methods:
+        # Fitted once, with the first seed, like the linker: its LLM calls are the costly step.
+        clock = time.perf_counter()
+        topicgpt = TopicGPT(
+            client, goal, sample=args.topicgpt_sample, assign=args.topicgpt_assign, seed=seeds[0]
+        )
+        fixed["topicgpt"] = topicgpt.fit(fit_texts).transform(texts)
+        costs["topicgpt"], seconds["topicgpt"] = topicgpt.cost, time.perf_counter() - clock
+        notes["topicgpt"] = topicgpt.describe()
     runs: list[Scores] = []
+    agreed: list[Scores] = []
     for seed in seeds:
         features = dict(fixed)
-        if "lda" in methods:
-            features["lda"] = rep.LDA(seed=seed).fit(fit_texts).transform(texts)
-        if "bertopic" in methods:
-            features["bertopic"] = rep.BERTopicPeer(seed=seed).fit(fit_texts).transform(texts)
+        for name, peer in (("lda", rep.LDA), ("bertopic", rep.BERTopicPeer)):
+            if name in methods:
+                clock = time.perf_counter()
+                features[name] = peer(seed=seed).fit(fit_texts).transform(texts)
+                seconds.setdefault(name, time.perf_counter() - clock)
         if model is not None:
             if seed != seeds[0]:
                 factors = refit_factors(model, fit_texts, seed, chosen_l1, chosen_m)
-            features["instruct_lf"] = factors.scores(model.compatibility(texts))
+            features["instruct_lf"] = factors.scores(x)
         runs.append(evaluate({m: features[m] for m in methods}, labels, folds=args.folds, seed=seed))
+        assignments = {m: _assignment(m, features[m], factors) for m in TOPIC_METHODS if m in methods}
+        agreed.append(agreements(assignments, labels))
         _say(f"seed {seed}: scored")
 
     means, stds = aggregate(runs)
     print(format_table(means, stds, notes=notes))
+    agreement_means, agreement_stds = aggregate(agreed)
+    print("\nAgreement of each method's hard assignment (a document's strongest topic) with the labels:")
+    print(format_table(agreement_means, agreement_stds))
+    print(
+        "\nCost (LLM calls and tokens, cached answers counted as first paid; seconds of this run, first seed):"
+    )
+    print(cost_table(methods, costs, seconds))
 
     def nested(scores: Scores) -> dict:
         out: dict = {}
@@ -247,6 +328,8 @@ def main(args: argparse.Namespace) -> dict:
             "factors": chosen_m,
             "linker_epochs": model.linker_report_.epochs_run if model else 0,
         },
+        "agreement": nested(agreement_means),
+        "cost": {m: c.as_dict() | {"seconds": round(seconds.get(m, 0.0), 1)} for m, c in costs.items()},
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -131,3 +131,34 @@ def choose_setting(
     scores = {setting: score(factors) for setting, factors in candidates.items()}
     best = max(scores, key=scores.get)
     return best, candidates[best], scores
+
+
+def agreement(assignment: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """How a hard topic assignment (a document's strongest topic; -1: none, a cluster of its own) agrees with
+    labels, as TopicGPT reports it: harmonic purity, adjusted Rand index, normalised mutual information.
+
+    Harmonic purity is the harmonic mean of purity (each topic counted by its most frequent label) and inverse
+    purity (each label by the topic that holds most of it): neither one topic per document nor one topic for
+    all scores well. scikit-learn has ARI and NMI but not purity, hence the contingency table here.
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    table = contingency_matrix(labels, assignment)  # labels x topics
+    purity = table.max(axis=0).sum() / table.sum()
+    inverse = table.max(axis=1).sum() / table.sum()
+    return {
+        "purity": float(2 * purity * inverse / (purity + inverse)),
+        "ari": float(adjusted_rand_score(labels, assignment)),
+        "nmi": float(normalized_mutual_info_score(labels, assignment)),
+    }
+
+
+def agreements(assignments: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> Scores:
+    """`agreement` per "field/measure" metric and method."""
+    scores: Scores = {}
+    for field, y in labels.items():
+        for method, assignment in assignments.items():
+            for measure, value in agreement(assignment, y).items():
+                scores.setdefault(f"{field}/{measure}", {})[method] = value
+    return scores

@@ -1,247 +1,215 @@
-"""Judged topic quality: the paper's human study (task relevance, informativeness) made repeatable.
+"""Judged quality: the paper's human study made repeatable, for Instruct-LF and its interpretable peers at once.
 
-An LLM judge reads every method's topics alike, through `Topics`, and never learns which method made them:
-word intrusion (Chang et al. 2009, "Reading Tea Leaves": a reader spots a member planted from another topic
-only when the topic is coherent) and task relevance (does the topic help answer the goal). LLM judges track
-human judgements of topics better than automatic coherence scores do (Stammbach et al. 2023); embedding
-coherence and distinctiveness are kept beside them as cheap, judge-free references.
+Every method is fitted on the same documents without labels (instruct_lf: LLM proposals, linker, Linear CorEx,
+then its LLM names the factors; lda; bertopic; topicgpt, the LLM-only peer with the same LLM), read as topics
+(`evaluation.topics`), and its 20 largest topics are judged (`quality_protocol`): property intrusion (coherence
+a reader sees), goal relevance (does the topic help answer the goal), embedding coherence and distinctiveness.
+The judge is the LLM resource's model (`--judge-model` for a stronger one); prompts are fixed and cached, and
+the order of a question's options is shuffled with the seed.
+
+`--data`: `demo` (Rotten Tomatoes snippets, the demo discovery's goal), `inspired` (INSPIRED training dialogues
+with the recorded proposals: no proposal calls), or a .jsonl/.csv/.parquet file with `--goal`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import re
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+from tabulate import tabulate
 
-from instruct_lf_dagster.core.proposals import Client, Goal
-from instruct_lf_dagster.evaluation.topics import Cost, Topics
+from instruct_lf_dagster.core.config import LinkerConfig, MethodConfig
+from instruct_lf_dagster.core.proposals import Goal
+from instruct_lf_dagster.evaluation.topics import Cost, Topics, factor_topics
 
-# The prompts are part of each request, hence of its cache key: editing them asks the judge again.
-INTRUSION_SYSTEM = (
-    "You judge groups of short descriptions found in {kind} texts. The goal: {goal} "
-    "All options but one belong together; one was taken from another group. "
-    'Answer in JSON only: {{"intruder": N}}, N the number of the option that does not belong.'
-)
-RELEVANCE_SYSTEM = (
-    "You judge topics found in a collection of {kind} texts. The goal: {goal} "
-    "A topic is shown by its name and its most typical members. "
-    'Answer in JSON only: {{"relevant": true}} if the topic helps answer the goal, else {{"relevant": false}}.'
-)
+METHODS = ("instruct_lf", "lda", "bertopic", "topicgpt")
+SHOWN = 5  # topics per method printed, so a reader sees what was judged
 
 
-def _schema(name: str, key: str, kind: str) -> dict:
-    """A response format asking for one JSON key: short answers, and grammar-constrained where supported."""
-    schema = {"type": "object", "properties": {key: {"type": kind}}, "required": [key]}
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
-
-
-INTRUSION_FORMAT = _schema("intrusion", "intruder", "integer")
-RELEVANCE_FORMAT = _schema("relevance", "relevant", "boolean")
-INTRUDER_POOL = 3  # an intruder is one of another topic's 3 most typical members, as in Chang et al.
-ANSWERS = {"yes": True, "true": True, "no": False, "false": False, "not": False}
-
-
-@dataclass(frozen=True)
-class Judged:
-    """A judged test over a method's topics: `score` (nan when nothing was asked), questions `asked`, answers
-    that were `unusable` (or failed calls; counted as wrong), the judge's `cost`, and one `details` row per
-    asked topic (its index, name, the judge's raw answer and whether it `passed`)."""
-
-    score: float
-    asked: int
-    unusable: int
-    cost: Cost = field(default_factory=Cost)
-    details: tuple[dict, ...] = ()
-
-
-def intrusion_messages(goal: Goal, options: Sequence[str]) -> list[dict]:
-    """The request asking which of the numbered `options` does not belong."""
-    shown = "\n".join(f"{i}. {option}" for i, option in enumerate(options, 1))
-    system = INTRUSION_SYSTEM.format(kind=goal.document_kind, goal=goal.text.strip())
-    return [{"role": "system", "content": system}, {"role": "user", "content": f"Options:\n{shown}"}]
-
-
-def relevance_messages(goal: Goal, name: str, members: Sequence[str]) -> list[dict]:
-    """The request asking whether one topic (`name`, its top `members`) helps answer the goal."""
-    system = RELEVANCE_SYSTEM.format(kind=goal.document_kind, goal=goal.text.strip())
-    user = f"Topic: {name}\nMembers, most typical first: {'; '.join(members)}"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def parse_intruder(text: str | None, options: Sequence[str]) -> int | None:
-    """The 0-based option an answer names ({"intruder": N}, a bare number, or the option's text), or None."""
-    if not text:
-        return None
-    answer = _json(text)
-    value = answer.get("intruder") if isinstance(answer, dict) else answer if answer is not None else text
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return int(value) - 1 if value == int(value) and 1 <= value <= len(options) else None
-    if not isinstance(value, str):
-        return None
-    said = value.strip().strip("\"'.").casefold()
-    folded = [o.casefold() for o in options]
-    if said in folded:
-        return folded.index(said)
-    leading = re.match(r"(?:option\s*)?#?(\d+)\b", said)
-    # Small models wrap their answer in a sentence: one option's text, or one number in range, is still clear.
-    named = [i for i, o in enumerate(folded) if re.search(rf"\b{re.escape(o)}\b", said)]
-    numbers = {int(d) for d in re.findall(r"\b\d+\b", said) if 1 <= int(d) <= len(options)}
-    if leading and 1 <= int(leading.group(1)) <= len(options):
-        return int(leading.group(1)) - 1
-    if len(named) == 1:
-        return named[0]
-    return numbers.pop() - 1 if len(numbers) == 1 else None
-
-
-def parse_relevant(text: str | None) -> bool | None:
-    """Whether an answer says relevant ({"relevant": true}, yes/no, true/false), or None when it says neither."""
-    if not text:
-        return None
-    answer = _json(text)
-    value = answer.get("relevant") if isinstance(answer, dict) else answer if answer is not None else text
-    if isinstance(value, bool):
-        return value
-    word = re.match(r"\W*(\w+)", value.casefold()) if isinstance(value, str) else None
-    return ANSWERS.get(word.group(1)) if word else None
-
-
-def intrusion(
-    topics: Topics, client: Client, goal: Goal, *, n: int = 20, top: int = 5, seed: int = 0
-) -> Judged:
-    """Word intrusion on the `n` largest topics with `top` members or more: their `top` first members and an
-    intruder, shuffled and numbered; score = intruders found / asked. One `complete` call for all topics."""
-    largest = topics.largest(n)
-    asked = []  # (topic, options, index of the intruder)
-    for t in largest:
-        members = topics.members[t]
-        if len(members) < top:
-            continue
-        own = {m.casefold() for m in members}
-        candidates = (
-            [m for m in topics.members[u][:INTRUDER_POOL] if m.casefold() not in own] for u in largest
-        )
-        pools = [pool for u, pool in zip(largest, candidates, strict=True) if pool and u != t]
-        if not pools:
-            continue
-        # Seeded by (seed, topic): a topic's question does not change when another topic is added or dropped.
-        rng = np.random.default_rng([seed, t])
-        pool = pools[rng.integers(len(pools))]
-        options = [*members[:top], pool[rng.integers(len(pool))]]
-        # Shuffled, so a judge's preference for a position cannot favour any method.
-        order = rng.permutation(len(options))
-        asked.append((t, [options[i] for i in order], int(np.flatnonzero(order == top)[0])))
-    requests = [intrusion_messages(goal, options) for _, options, _ in asked]
-    completions = _complete(client, requests, INTRUSION_FORMAT)
-    details = []
-    for (t, options, truth), completion in zip(asked, completions, strict=True):
-        chosen = parse_intruder(completion.text, options) if completion.error is None else None
-        number = None if chosen is None else chosen + 1
-        extra = {"options": tuple(options), "intruder": truth + 1, "chosen": number}
-        details.append(_detail(topics, t, completion, chosen is not None, chosen == truth, **extra))
-    return _judged(details, completions)
-
-
-def relevance(topics: Topics, client: Client, goal: Goal, *, n: int = 20, top: int = 5) -> Judged:
-    """Task relevance of the `n` largest topics, each shown by its name and `top` members; score = share judged
-    relevant. One `complete` call for all topics."""
-    largest = topics.largest(n)
-    requests = [relevance_messages(goal, topics.names[t], topics.members[t][:top]) for t in largest]
-    completions = _complete(client, requests, RELEVANCE_FORMAT)
-    details = []
-    for t, completion in zip(largest, completions, strict=True):
-        said = parse_relevant(completion.text) if completion.error is None else None
-        details.append(_detail(topics, t, completion, said is not None, said is True))
-    return _judged(details, completions)
-
-
-def embedding_coherence(topics: Topics, *, n: int = 20, top: int = 5) -> float:
-    """Mean over the `n` largest topics of the mean pairwise cosine of their `top` members under the untrained
-    MiniLM encoder (topics with fewer than 2 members are skipped; nan when none is left)."""
-    from instruct_lf_dagster.evaluation.representations import raw_embeddings
-
-    shown = [topics.members[t][:top] for t in topics.largest(n) if len(topics.members[t]) >= 2]
-    if not shown:
-        return float("nan")
-    vectors = raw_embeddings([m for members in shown for m in members])  # one encoder pass for all topics
-    blocks = np.split(vectors, np.cumsum([len(members) for members in shown])[:-1])
-    return float(np.mean([(b @ b.T)[np.triu_indices(len(b), k=1)].mean() for b in blocks]))
-
-
-def distinctiveness(topics: Topics, *, n: int = 20, top: int = 5) -> float:
-    """Share of the (topic, member) slots among the `n` largest topics' `top` members (case-insensitive, each
-    once per topic) whose member belongs to no other of those topics; nan when there is no member."""
-    shown = [{m.casefold() for m in topics.members[t][:top]} for t in topics.largest(n)]
-    counts = Counter(m for members in shown for m in members)
-    slots = [counts[m] for members in shown for m in members]
-    return sum(c == 1 for c in slots) / len(slots) if slots else float("nan")
-
-
-def judge_all(
-    by_method: dict[str, Topics], client: Client, goal: Goal, *, n: int = 20, seed: int = 0
-) -> dict[str, dict[str, float | int]]:
-    """Every judged and judge-free score per method (two `complete` calls per method; the judge never sees the
-    method's name): intrusion, relevance, coherence, distinctiveness, topics_judged (relevance questions),
-    judge_calls (requests, cached ones included) and judge_unusable."""
-    scores: dict[str, dict[str, float | int]] = {}
-    for method, topics in by_method.items():
-        intruded = intrusion(topics, client, goal, n=n, seed=seed)
-        relevant = relevance(topics, client, goal, n=n)
-        scores[method] = {
-            "intrusion": intruded.score,
-            "relevance": relevant.score,
-            "coherence": embedding_coherence(topics, n=n),
-            "distinctiveness": distinctiveness(topics, n=n),
-            "topics_judged": relevant.asked,
-            "judge_calls": intruded.cost.calls + relevant.cost.calls,
-            "judge_unusable": intruded.unusable + relevant.unusable,
-        }
-    return scores
-
-
-def _complete(client: Client, requests: list[list[dict]], response_format: dict) -> list:
-    if not requests:  # nothing to ask: an embedded judge is not even loaded
-        return []
-    completions, _ = client.complete(requests, response_format=response_format)
-    return list(completions)
-
-
-def _detail(topics: Topics, t: int, completion, usable: bool, passed: bool, **extra) -> dict:
-    answer = completion.text if completion.error is None else completion.error
-    return {
-        "topic": t,
-        "name": topics.names[t],
-        **extra,
-        "answer": answer,
-        "passed": passed,
-        "unusable": not usable,
-    }
-
-
-def _judged(details: list[dict], completions: list) -> Judged:
-    asked = len(details)
-    passed = sum(d["passed"] for d in details)
-    return Judged(
-        score=passed / asked if asked else float("nan"),
-        asked=asked,
-        unusable=sum(d["unusable"] for d in details),
-        cost=Cost.of(completions),
-        details=tuple(details),
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `instruct-lf eval quality`."""
+    parser.add_argument("--data", default="demo", help="demo, inspired, or a .jsonl/.csv/.parquet file")
+    parser.add_argument(
+        "--inspired-data", default="../shared/data/inspired", help="INSPIRED's folder, for --data inspired"
     )
+    parser.add_argument("--text-field", default="text", help="a file's text field")
+    parser.add_argument("--goal", help="what the factors are for (required for a file)")
+    parser.add_argument("--document-kind", default="document", help="what one document of a file is")
+    parser.add_argument(
+        "--docs", type=int, default=200, help="documents to discover on (default 200; 0 = all)"
+    )
+    parser.add_argument(
+        "--proposal-docs", type=int, default=0, help="documents the LLM proposes for (0 = all of --docs)"
+    )
+    parser.add_argument("--methods", default=",".join(METHODS), help="methods to judge (comma-separated)")
+    parser.add_argument(
+        "--topics", type=int, default=20, help="largest topics judged per method (default 20)"
+    )
+    parser.add_argument(
+        "--lda-topics", type=int, default=0, help="LDA's topic count (0 = as many as instruct_lf's factors)"
+    )
+    parser.add_argument("--topicgpt-sample", type=int, default=20, help="documents topicgpt generates from")
+    parser.add_argument(
+        "--topicgpt-assign",
+        type=int,
+        default=0,
+        help="documents topicgpt's LLM assigns (0 = as many as proposed)",
+    )
+    parser.add_argument("--linker-epochs", type=int, default=LinkerConfig().epochs, help="most linker epochs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample, every method and the judge")
+    parser.add_argument(
+        "--model", default=None, help="the methods' litellm model (default: the LLM resource's)"
+    )
+    parser.add_argument("--judge-model", default=None, help="the judge's litellm model (default: --model)")
 
 
-def _json(text: str) -> object:
-    """The JSON value of an answer, or of the first {...} in it; None when there is none."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        match = re.search(r"\{.*\}", text, re.DOTALL)
-        try:
-            return json.loads(match.group(0)) if match else None
-        except json.JSONDecodeError:
-            return None
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _corpus(args: argparse.Namespace) -> tuple[list[str], Goal, dict[str, list[str]] | None]:
+    """(documents, goal, recorded proposals by document or None)."""
+    if args.data == "demo":
+        from instruct_lf_dagster import demo
+
+        frame = demo.sample(Path(args.home) / "downloads", args.docs or 2000, seed=args.seed)
+        return frame["text"].tolist(), demo.goal(), None
+    if args.data == "inspired":
+        from instruct_lf_dagster.evaluation.inspired_data import PROPOSALS_FILE, Inspired, load_proposals
+        from instruct_lf_dagster.evaluation.inspired_propose import GOAL
+
+        folder = Path(args.inspired_data)
+        data = Inspired.load(str(folder))
+        recorded = load_proposals(str(folder / PROPOSALS_FILE), data)
+        texts = data.contexts()
+        order = np.random.default_rng(args.seed).permutation(len(texts))[: args.docs or None]
+        return [texts[i] for i in sorted(order)], GOAL, recorded
+    if not args.goal:
+        raise SystemExit("--goal is required for a data file")
+    from instruct_lf_dagster.core.records import read_path
+
+    frame = read_path(Path(args.data))
+    if args.text_field not in frame:
+        raise SystemExit(f"{args.data}: no {args.text_field!r} field (fields: {', '.join(map(str, frame))})")
+    texts = [str(t) for t in frame[args.text_field].dropna().tolist()][: args.docs or None]
+    return texts, Goal(text=args.goal, document_kind=args.document_kind), None
+
+
+def _instruct_lf(
+    args: argparse.Namespace, client, goal: Goal, texts: list[str], recorded: dict[str, list[str]] | None
+) -> tuple[Topics, Cost]:
+    """Discover factors on `texts` and name the largest ones, as the platform does."""
+    from instruct_lf_dagster.core.naming import name_factors
+    from instruct_lf_dagster.core.pipeline import InstructLF
+    from instruct_lf_dagster.core.proposals import propose
+
+    cost = Cost()
+    if recorded is not None:
+        proposed = [t for t in texts if t in recorded]
+        properties = [recorded[t] for t in proposed]
+        cost = Cost(calls=len(proposed))  # recorded earlier: calls known, tokens not kept
+    else:
+        proposed = texts[: args.proposal_docs or None]
+        found = propose(client, goal, proposed, progress=_progress("proposals"))
+        properties, cost = found.properties, Cost.of(found.completions)
+    config = MethodConfig(linker=LinkerConfig(epochs=args.linker_epochs), seed=args.seed)
+    model = InstructLF(config).fit(proposed, properties, corpus=texts)
+    factors = model.factors_
+    strengths = factors.strengths(model.compatibility(texts))
+    unnamed = factor_topics(factors, strengths)
+    rows = factors.nonempty()
+    largest = [rows[t] for t in unnamed.largest(args.topics)]
+    members = {k: [p for p, _ in factors.members(k)] for k in largest}
+    documents = {k: [texts[i] for i in np.argsort(-strengths[:, k], kind="stable")[:3]] for k in largest}
+    names, usage = name_factors(client, goal, members, documents, progress=_progress("names"))
+    cost = cost + Cost(
+        calls=len(largest), prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+    )
+    return factor_topics(factors, strengths, {n.factor: n.name for n in names}), cost
+
+
+def _progress(what: str):
+    def report(done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            _say(f"{what}: {done}/{total}")
+
+    return report
+
+
+def _table(results: dict[str, dict], costs: dict[str, Cost], seconds: dict[str, float]) -> str:
+    columns = ["intrusion", "relevance", "coherence", "distinctiveness", "topics_judged"]
+    rows = [
+        [method, *(result.get(c, "") for c in columns), costs[method].calls, result.get("judge_calls", 0),
+         round(seconds[method], 1)]
+        for method, result in results.items()
+    ]  # fmt: skip
+    return tabulate(rows, headers=["method", *columns, "llm_calls", "judge_calls", "seconds"], floatfmt=".4f")
+
+
+def _shown(topics: Topics, n: int = SHOWN) -> list[str]:
+    return [f"  {topics.names[t]}: {'; '.join(topics.members[t][:5])}" for t in topics.largest(n)]
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Fit every method, judge each one's largest topics, print a table and, last, one JSON line."""
+    from instruct_lf_dagster.definitions import local_llm
+    from instruct_lf_dagster.evaluation import representations as rep
+    from instruct_lf_dagster.evaluation.quality_protocol import judge_all
+    from instruct_lf_dagster.evaluation.topicgpt import TopicGPT
+
+    started = time.perf_counter()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise SystemExit(f"--methods: unknown {unknown} (known: {', '.join(METHODS)})")
+    texts, goal, recorded = _corpus(args)
+    _say(f"data: {args.data}, {len(texts)} documents; goal: {goal.text}")
+    client = local_llm(args.settings, args.model).get_client()
+    judge = local_llm(args.settings, args.judge_model).get_client() if args.judge_model else client
+    found: dict[str, Topics] = {}
+    costs: dict[str, Cost] = {}
+    seconds: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    for method in methods:
+        clock = time.perf_counter()
+        if method == "instruct_lf":
+            found[method], costs[method] = _instruct_lf(args, client, goal, texts, recorded)
+        elif method == "lda":
+            n = args.lda_topics or (len(found["instruct_lf"]) if "instruct_lf" in found else rep.LDA_TOPICS)
+            found[method], costs[method] = rep.LDA(n, seed=args.seed).fit(texts).topics(), Cost()
+            notes[method] = f"{n} topics"
+        elif method == "bertopic":
+            if not rep.bertopic_available():
+                notes[method] = "skipped: pip install 'instruct-lf-dagster[baselines]'"
+                continue
+            found[method], costs[method] = rep.BERTopicPeer(seed=args.seed).fit(texts).topics(), Cost()
+        else:
+            assign = args.topicgpt_assign or args.proposal_docs or len(texts)
+            peer = TopicGPT(client, goal, sample=args.topicgpt_sample, assign=assign, seed=args.seed).fit(
+                texts
+            )
+            found[method], costs[method], notes[method] = peer.topics(), peer.cost, peer.describe()
+        seconds[method] = time.perf_counter() - clock
+        _say(f"{method}: {len(found[method])} topics in {seconds[method]:.0f}s")
+    results = judge_all(found, judge, goal, n=args.topics, seed=args.seed)
+    print(_table(results, costs, seconds))
+    for method, topics in found.items():
+        print(f"\n{method}, largest topics ({notes.get(method, f'{len(topics)} topics')}):")
+        print("\n".join(_shown(topics)))
+    result = {
+        "quality": {
+            m: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+            for m, r in results.items()
+        },
+        "cost": {m: c.as_dict() for m, c in costs.items()},
+        "documents": len(texts),
+        "notes": notes,
+        "judge": judge.model,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+    return result

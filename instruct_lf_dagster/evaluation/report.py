@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
 from tabulate import tabulate
+
+from instruct_lf_dagster.evaluation.topics import Cost
 
 T = TypeVar("T")
 
@@ -52,6 +54,18 @@ def format_table(means: Scores, stds: Scores, *, notes: dict[str, str] | None = 
         rows.append([method, *cells] + ([(notes or {}).get(method, "")] if notes else []))
     # Cells are text already: a method named like a number must not be re-formatted or right-aligned.
     return tabulate(rows, headers=header, disable_numparse=True)
+
+
+def cost_table(methods: Sequence[str], costs: Mapping[str, Cost], seconds: Mapping[str, float]) -> str:
+    """What each method paid: LLM calls, prompt and completion tokens, and seconds; methods without an LLM
+    show 0 calls."""
+    rows = []
+    for method in methods:
+        cost = costs.get(method, Cost())
+        rows.append(
+            [method, cost.calls, cost.prompt_tokens, cost.completion_tokens, round(seconds.get(method, 0), 1)]
+        )
+    return tabulate(rows, headers=["method", "llm_calls", "prompt_tokens", "completion_tokens", "seconds"])
 
 
 def method_settings(command: str, options: dict[str, str], build: Callable[[], T]) -> T:

@@ -74,6 +74,13 @@ class Topics:
         counts = np.bincount(self.assignment[self.assignment >= 0], minlength=len(self))
         return counts[: len(self)]
 
+    def indicators(self) -> np.ndarray:
+        """One-hot rows (fitted documents x topics) of `assignment`; a document without a topic is all zero."""
+        out = np.zeros((len(self.assignment), len(self)), dtype=np.float32)
+        kept = np.flatnonzero(self.assignment >= 0)
+        out[kept, self.assignment[kept]] = 1.0
+        return out
+
     def largest(self, n: int = 20) -> list[int]:
         """The `n` topics with the most documents (ties: the lower index), among those with a member."""
         sizes = self.sizes()
