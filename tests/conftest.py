@@ -119,6 +119,7 @@ class KeywordLLM:
 
     def answer(self, messages):
         import json
+        import re
 
         import litellm
 
@@ -130,11 +131,24 @@ class KeywordLLM:
             return litellm.completion(
                 model="openai/fake", messages=messages, mock_response=json.dumps(answer)
             )
+        system = messages[0]["content"]
         text = messages[-1]["content"].lower()
         props = sorted({theme for word, theme in THEMES.items() if word in text}) or ["General audience"]
-        return litellm.completion(
-            model="openai/fake", messages=messages, mock_response=json.dumps({"properties": props})
-        )
+        answer: dict = {"properties": props}
+        if system.startswith(("You build the list of topics", "You assign")):  # the topicgpt peer
+            word = next((w for w in THEMES if w in text), None)
+            answer = {"topic": props[0], "description": f"Documents about {props[0].lower()}.", "quote": word}
+        elif system.startswith("You merge"):
+            label = re.sub(r"^\[\d+\]\s*", "", messages[-1]["content"].split("\n")[0]).split(":")[0]
+            answer = {"topic": label.strip(), "description": "Merged."}
+        elif system.startswith("You judge groups"):  # the intrusion test: the option of the rarest theme
+            options = re.findall(r"^\s*(\d+)[.)]\s*(.+)$", messages[-1]["content"], re.MULTILINE)
+            themes = [next((t for w, t in THEMES.items() if w in o.lower()), o) for _, o in options]
+            rarest = min(range(len(options)), key=lambda i: (themes.count(themes[i]), i)) if options else 0
+            answer = {"intruder": int(options[rarest][0]) if options else 1}
+        elif system.startswith("You judge topics"):
+            answer = {"relevant": "general" not in text}
+        return litellm.completion(model="openai/fake", messages=messages, mock_response=json.dumps(answer))
 
 
 @pytest.fixture

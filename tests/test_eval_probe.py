@@ -219,11 +219,14 @@ def test_refit_factors_reuses_the_models_matrix_and_settings_but_the_seed(monkey
 
 @pytest.mark.integration
 def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
-    """The whole probe twice with the same data and seeds: the same numbers; the second run asks no LLM."""
+    """The whole probe, every method, twice with the same data and seeds: the same numbers, labelled metrics and
+    costs; the second run asks no LLM."""
     path = tmp_path / "reviews.jsonl"
     write(reviews(), path)
-    methods = "majority,raw_embedding,lda,instruct_lf"
-    first = probe.main(args_for(path, "--methods", methods))
+    methods = "majority,raw_embedding,compatibility,lda,bertopic,topicgpt,instruct_lf"
+    first = probe.main(
+        args_for(path, "--methods", methods, "--topicgpt-sample", "6", "--topicgpt-assign", "8")
+    )
     printed = capsys.readouterr().out.strip().splitlines()
     assert json.loads(printed[-1]) == first  # the JSON line comes last
     assert printed[0].split()[:3] == ["method", "genre/tree", "genre/logreg"]
@@ -231,7 +234,11 @@ def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
     sizes = first["sizes"]
     assert (sizes["rows"], sizes["fit"], sizes["proposed"], sizes["proposals_failed"]) == (48, 24, 16, 0)
     assert sizes["properties"] > 0 and sizes["factors"] >= 2 and sizes["linker_epochs"] == 1
-    assert keyword_llm.calls == 16  # proposals for the fit part only
+    asked = [m[0]["content"] for m in keyword_llm.requests]
+    topicgpt = sum(a.startswith(("You build the list", "You merge", "You assign")) for a in asked)
+    assert len(asked) - topicgpt == 16  # proposals for the fit part only
+    # topicgpt: 6 generation calls, then at most 8 assignments of each part (and a re-assignment after a drop).
+    assert 6 + 8 + 8 <= topicgpt <= 6 + 5 + 3 * 8
     scores = first["balanced_accuracy"]
     for field in ("genre", "pace"):
         for classifier in ("tree", "logreg"):
@@ -239,11 +246,23 @@ def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
             assert set(cell) == set(methods.split(","))
             assert cell["majority"] == pytest.approx(1 / sizes["classes"][field], abs=1e-4)
             assert all(0.0 <= v <= 1.0 for v in cell.values())
+        # Labelled metrics for the interpretable peers only.
+        agreement_cells = first["agreement"][field]
+        assert set(agreement_cells) == {"purity", "ari", "nmi"}
+        assert set(agreement_cells["nmi"]) == {"lda", "bertopic", "topicgpt", "instruct_lf"}
     # The keywords decide the genre and the LLM names it: the factors must beat guessing.
     assert scores["genre"]["logreg"]["instruct_lf"] > scores["genre"]["logreg"]["majority"] + 0.2
+    # Cost: proposals are instruct_lf's calls; topicgpt's are its own, with tokens; LDA and BERTopic pay none.
+    assert first["cost"]["instruct_lf"]["llm_calls"] == 16
+    assert first["cost"]["topicgpt"]["llm_calls"] == topicgpt
+    assert first["cost"]["topicgpt"]["prompt_tokens"] > 0
+    assert "assigned by the LLM" in first["notes"]["topicgpt"]
+    calls = keyword_llm.calls
 
-    second = probe.main(args_for(path, "--methods", methods))
-    assert keyword_llm.calls == 16  # every proposal came from the response cache
+    second = probe.main(
+        args_for(path, "--methods", methods, "--topicgpt-sample", "6", "--topicgpt-assign", "8")
+    )
+    assert keyword_llm.calls == calls  # every answer came from the response cache
     assert second["balanced_accuracy"] == first["balanced_accuracy"]
     assert second["std"] == first["std"]
 
@@ -251,6 +270,7 @@ def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
     # used and named.
     capsys.readouterr()
     automatic = sizes["factors"]
+    methods = "majority,raw_embedding,lda,instruct_lf"
     chosen = probe.main(
         args_for(path, "--methods", methods, "--l1", "0.9,0", "--factors", f"0,{automatic + 2}")
     )
@@ -263,8 +283,10 @@ def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
     assert f"-> {m} factors, l1 {l1:g};" in chosen["notes"]["instruct_lf"]
     assert chosen["sizes"]["factors"] == m
     if (m, l1) == (automatic, 0.9):  # the default's factors, so the default's numbers
-        assert chosen["balanced_accuracy"] == first["balanced_accuracy"]
-    assert keyword_llm.calls == 16
+        for field, cells in chosen["balanced_accuracy"].items():
+            for classifier, cell in cells.items():
+                assert cell == {k: first["balanced_accuracy"][field][classifier][k] for k in cell}
+    assert keyword_llm.calls == calls
 
 
 @pytest.mark.parametrize("option", ["--l1", "--factors"])

@@ -112,6 +112,8 @@ class BERTopicPeer:
         return sorted(t for t in self.model_.get_topics() if t >= 0)
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
+        if not self._ids():  # HDBSCAN left every document out: no topic to score on (one constant column)
+            return np.zeros((len(texts), 1), np.float32)
         distribution, _ = self.model_.approximate_distribution(list(texts))
         out = np.asarray(distribution, dtype=np.float32)
         return out.reshape(len(texts), -1) if out.size else np.zeros((len(texts), 1), np.float32)
