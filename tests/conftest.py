@@ -141,11 +141,8 @@ class KeywordLLM:
         elif system.startswith("You merge"):
             label = re.sub(r"^\[\d+\]\s*", "", messages[-1]["content"].split("\n")[0]).split(":")[0]
             answer = {"topic": label.strip(), "description": "Merged."}
-        elif system.startswith("You judge groups"):  # the intrusion test: the option of the rarest theme
-            options = re.findall(r"^\s*(\d+)[.)]\s*(.+)$", messages[-1]["content"], re.MULTILINE)
-            themes = [next((t for w, t in THEMES.items() if w in o.lower()), o) for _, o in options]
-            rarest = min(range(len(options)), key=lambda i: (themes.count(themes[i]), i)) if options else 0
-            answer = {"intruder": int(options[rarest][0]) if options else 1}
+        elif system.startswith("You judge groups"):  # the intrusion test: always the first option
+            answer = {"intruder": 1}
         elif system.startswith("You judge topics"):
             answer = {"relevant": "general" not in text}
         return litellm.completion(model="openai/fake", messages=messages, mock_response=json.dumps(answer))

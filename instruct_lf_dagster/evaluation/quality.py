@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--topics", type=int, default=20, help="largest topics judged per method (default 20)"
     )
     parser.add_argument(
+        "--members", type=int, default=5, help="top members shown per topic (default 5; intrusion adds one)"
+    )
+    parser.add_argument(
         "--lda-topics", type=int, default=0, help="LDA's topic count (0 = as many as instruct_lf's factors)"
     )
     parser.add_argument("--topicgpt-sample", type=int, default=20, help="documents topicgpt generates from")
@@ -154,6 +157,13 @@ def _shown(topics: Topics, n: int = SHOWN) -> list[str]:
     return [f"  {topics.names[t]}: {'; '.join(topics.members[t][:5])}" for t in topics.largest(n)]
 
 
+def _number(value: float | int) -> float | int | None:
+    # nan (nothing was asked) is not JSON: null
+    if isinstance(value, float):
+        return None if np.isnan(value) else round(value, 4)
+    return value
+
+
 def main(args: argparse.Namespace) -> dict:
     """Fit every method, judge each one's largest topics, print a table and, last, one JSON line."""
     from instruct_lf_dagster.definitions import local_llm
@@ -195,16 +205,13 @@ def main(args: argparse.Namespace) -> dict:
             found[method], costs[method], notes[method] = peer.topics(), peer.cost, peer.describe()
         seconds[method] = time.perf_counter() - clock
         _say(f"{method}: {len(found[method])} topics in {seconds[method]:.0f}s")
-    results = judge_all(found, judge, goal, n=args.topics, seed=args.seed)
+    results = judge_all(found, judge, goal, n=args.topics, top=args.members, seed=args.seed)
     print(_table(results, costs, seconds))
     for method, topics in found.items():
         print(f"\n{method}, largest topics ({notes.get(method, f'{len(topics)} topics')}):")
         print("\n".join(_shown(topics)))
     result = {
-        "quality": {
-            m: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-            for m, r in results.items()
-        },
+        "quality": {m: {k: _number(v) for k, v in r.items()} for m, r in results.items()},
         "cost": {m: c.as_dict() for m, c in costs.items()},
         "documents": len(texts),
         "notes": notes,

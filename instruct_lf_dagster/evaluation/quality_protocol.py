@@ -183,20 +183,20 @@ def distinctiveness(topics: Topics, *, n: int = 20, top: int = 5) -> float:
 
 
 def judge_all(
-    by_method: dict[str, Topics], client: Client, goal: Goal, *, n: int = 20, seed: int = 0
+    by_method: dict[str, Topics], client: Client, goal: Goal, *, n: int = 20, top: int = 5, seed: int = 0
 ) -> dict[str, dict[str, float | int]]:
     """Every judged and judge-free score per method (two `complete` calls per method; the judge never sees the
     method's name): intrusion, relevance, coherence, distinctiveness, topics_judged (relevance questions),
     judge_calls (requests, cached ones included) and judge_unusable."""
     scores: dict[str, dict[str, float | int]] = {}
     for method, topics in by_method.items():
-        intruded = intrusion(topics, client, goal, n=n, seed=seed)
-        relevant = relevance(topics, client, goal, n=n)
+        intruded = intrusion(topics, client, goal, n=n, top=top, seed=seed)
+        relevant = relevance(topics, client, goal, n=n, top=top)
         scores[method] = {
             "intrusion": intruded.score,
             "relevance": relevant.score,
-            "coherence": embedding_coherence(topics, n=n),
-            "distinctiveness": distinctiveness(topics, n=n),
+            "coherence": embedding_coherence(topics, n=n, top=top),
+            "distinctiveness": distinctiveness(topics, n=n, top=top),
             "topics_judged": relevant.asked,
             "judge_calls": intruded.cost.calls + relevant.cost.calls,
             "judge_unusable": intruded.unusable + relevant.unusable,
