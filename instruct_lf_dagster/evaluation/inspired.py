@@ -105,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help="the topicgpt peer's litellm model (default: the LLM resource's)"
     )
+    parser.add_argument(
+        "--readouts",
+        action="store_true",
+        help="the ablation of what kNN reads from the factors: held-out Hit@20 (training rows only) of the matrix, "
+        "the factor scores, both ends of each factor and its members' evidence",
+    )
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
 
 
@@ -172,6 +178,7 @@ def main(args: argparse.Namespace) -> dict:
         factor_alternatives=tuple(sizes[1:]),
         linker_documents=budgets,
         linker_dir=args.linker,
+        readouts=args.readouts,
     )
     runs, notes, per_seed = [], {}, {}
     if "bertopic" in methods and not representations.bertopic_available():

@@ -17,6 +17,7 @@ import numpy as np
 from instruct_lf_dagster.core.config import FactorConfig, MethodConfig
 from instruct_lf_dagster.evaluation import representations
 from instruct_lf_dagster.evaluation.inspired_data import Inspired
+from instruct_lf_dagster.evaluation.readouts import readouts
 from instruct_lf_dagster.evaluation.report import Scores
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class Settings:
     linker_documents: tuple[int | None, ...] = (None,)
     lda_topics: int = representations.LDA_TOPICS
     linker_dir: str | None = None  # a trained linker to reuse, or where to save the one trained
+    readouts: bool = False  # also the held-out Hit@20 of each readout of the factors (`evaluation.readouts`)
 
 
 def evaluate_seed(
@@ -211,6 +213,10 @@ def evaluate_seed(
         factors = candidates[m, l1].scores(rows)
         method = "instruct_lf" + suffix
         record(method, *knn_scores(factors[: len(train)], factors[len(train) :], data))
+        if settings.readouts:  # the ablation: held-out training rows only, the test split is not looked at
+            for name, features in readouts(candidates[m, l1], rows[: len(train)]).items():
+                held = choose_neighbours(features, data)[1]
+                scores.setdefault(f"held-out hit@{SELECT_K}", {})[f"{method}/{name}"] = held
         chosen[method] += f" m={m}" * (len(sizes) > 1) + f" l1={l1:g}" * (len(l1s) > 1)
         if len(candidates) > 1:
             log.info("inspired seed %d: held-out Hit@20 by (factors, l1): %s", seed, held_out)
