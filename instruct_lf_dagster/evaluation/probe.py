@@ -44,6 +44,7 @@ from instruct_lf_dagster.evaluation.probe_protocol import (
     refit_factors,
     split,
 )
+from instruct_lf_dagster.evaluation.readouts import readouts
 from instruct_lf_dagster.evaluation.report import (
     Scores,
     aggregate,
@@ -126,6 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=150,
         help="documents the topicgpt peer's LLM assigns, per part (fit, evaluation); the rest by embedding",
+    )
+    parser.add_argument(
+        "--readouts",
+        action="store_true",
+        help="the ablation of what classifiers read from the factors (the matrix, scores, both ends, members' "
+        "evidence), cross-validated on the fit part",
     )
     parser.add_argument("--corex-iter", type=int, default=1000, help="most CorEx steps per annealing stage")
     parser.add_argument("--folds", type=int, default=FOLDS, help="cross-validation folds")
@@ -263,6 +270,12 @@ def main(args: argparse.Namespace) -> dict:
         )
         costs["instruct_lf"] = Cost.of(proposals.completions)
         seconds["instruct_lf"] = time.perf_counter() - clock
+        if args.readouts:  # the ablation, on the fit part's own labels: the evaluation part is not looked at
+            fit_labels = {field: frame[field].iloc[fit].to_numpy() for field in label_fields}
+            read = readouts(factors, model.compatibility(fit_texts))
+            ablation = evaluate(read, fit_labels, folds=args.folds, seed=seeds[0])
+            print("Ablation: what the classifiers read from the factors (fit part, cross-validated):")
+            print(format_table(ablation))
         x = model.compatibility(texts)
         if "compatibility" in methods:
             fixed["compatibility"] = x

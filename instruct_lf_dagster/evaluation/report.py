@@ -40,8 +40,9 @@ def aggregate(runs: Sequence[Scores]) -> tuple[Scores, Scores]:
     return means, stds
 
 
-def format_table(means: Scores, stds: Scores, *, notes: dict[str, str] | None = None) -> str:
-    """Methods as rows, metrics as columns, "mean ± std" cells; `notes` add a last column (e.g. skip reasons)."""
+def format_table(means: Scores, stds: Scores | None = None, *, notes: dict[str, str] | None = None) -> str:
+    """Methods as rows, metrics as columns, "mean ± std" cells (the mean alone without `stds`); `notes` add a
+    last column (e.g. skip reasons)."""
     metrics = list(means)
     methods = list(dict.fromkeys(k for metric in metrics for k in means[metric]))
     methods += [k for k in (notes or {}) if k not in methods]
@@ -49,7 +50,10 @@ def format_table(means: Scores, stds: Scores, *, notes: dict[str, str] | None = 
     rows = []
     for method in methods:
         cells = [
-            f"{means[m][method]:.4f} ± {stds[m][method]:.4f}" if method in means[m] else "-" for m in metrics
+            (f"{means[m][method]:.4f}" + (f" ± {stds[m][method]:.4f}" if stds else ""))
+            if method in means[m]
+            else "-"
+            for m in metrics
         ]
         rows.append([method, *cells] + ([(notes or {}).get(method, "")] if notes else []))
     # Cells are text already: a method named like a number must not be re-formatted or right-aligned.
