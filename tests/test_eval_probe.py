@@ -259,10 +259,14 @@ def test_protocol_end_to_end_is_deterministic(tmp_path, keyword_llm, capsys):
     assert "assigned by the LLM" in first["notes"]["topicgpt"]
     calls = keyword_llm.calls
 
+    capsys.readouterr()
     second = probe.main(
-        args_for(path, "--methods", methods, "--topicgpt-sample", "6", "--topicgpt-assign", "8")
+        args_for(path, "--methods", methods, "--topicgpt-sample", "6", "--topicgpt-assign", "8", "--readouts")
     )
     assert keyword_llm.calls == calls  # every answer came from the response cache
+    ablation = capsys.readouterr().out.split("Ablation: ", 1)[1].splitlines()
+    assert ablation[1].split()[:3] == ["method", "genre/tree", "genre/logreg"]
+    assert [row.split()[0] for row in ablation[3:7]] == ["compatibility", "scores", "both_ends", "members"]
     assert second["balanced_accuracy"] == first["balanced_accuracy"]
     assert second["std"] == first["std"]
 
