@@ -20,6 +20,8 @@ from instruct_lf_dagster.evaluation.inspired_protocol import (
     recommend,
     summary,
 )
+from instruct_lf_dagster.evaluation.readouts import READOUTS
+from instruct_lf_dagster.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "inspired"
 
@@ -121,7 +123,7 @@ def test_the_shared_split_matches_the_method_notes():
 
 
 @pytest.mark.integration
-def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
+def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys, keyword_llm):
     # A miniature INSPIRED in the shared files' format: two tastes, each with its own titles and properties.
     import pandas as pd
 
@@ -188,6 +190,15 @@ def test_a_small_run_is_deterministic_and_prints_a_json_line(tmp_path, capsys):
     if "m=2" in row:
         assert sized["hit@20"] == first["hit@20"]
     assert set(first["hit@20"]) == {"popularity", "raw_embedding", "lda", "instruct_lf"}
+    # The LLM-only peer beside the factors, with its cost, and the readouts ablation on held-out training rows.
+    args.methods, args.model, args.readouts = "popularity,topicgpt,instruct_lf", "keywords/fake", True
+    args.settings = Settings.from_env()  # what the CLI adds: the LLM resource's settings (this test's home)
+    args.topicgpt_sample, args.topicgpt_assign = 4, 6
+    peers = inspired.main(args)
+    assert set(peers["hit@20"]) == {"popularity", "topicgpt", "instruct_lf"}
+    assert 4 + 6 <= peers["cost"]["topicgpt"]["llm_calls"] == keyword_llm.calls
+    assert set(peers["held-out hit@20"]) == {f"instruct_lf/{name}" for name in READOUTS}
+    args.methods, args.readouts = "popularity,raw_embedding,lda,instruct_lf", False
     # The budget curve: proposals from two files read in turn; the whole budget reproduces the default run.
     lines = (tmp_path / "proposals.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "first.jsonl").write_text("".join(lines[:12]))
