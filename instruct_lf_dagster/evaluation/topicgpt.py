@@ -10,6 +10,7 @@ for goal-relevant topics, as Instruct-LF's proposals do.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,8 @@ LABEL_MATCH = 0.7  # an unlisted label this cosine-close to a listed one is a pa
 QUOTE_WORDS = 12  # a member quote is cut to this many words
 TOP_MEMBERS = 10  # quotes a topic is read by, as LDA's and BERTopic's words
 MAX_DESCRIPTION = 300
+
+log = logging.getLogger(__name__)
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
@@ -125,10 +128,15 @@ class TopicGPT:
             self._memo.update(zip(new, np.asarray(self._encode(new), dtype=np.float64), strict=True))
         return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 1))
 
-    def _ask(self, requests: list[list[dict]]) -> list[str | None]:
+    def _ask(self, requests: list[list[dict]], stage: str = "") -> list[str | None]:
         if not requests:
             return []
-        completions, _ = self.client.complete(requests, response_format=TOPIC_FORMAT)
+
+        def progress(done: int, total: int) -> None:
+            if total > 1 and (done % 10 == 0 or done == total):  # minutes of calls on a CPU: say how far
+                log.info("topicgpt: %s %d/%d", stage, done, total)
+
+        completions, _ = self.client.complete(requests, response_format=TOPIC_FORMAT, progress=progress)
         self.cost += Cost.of(completions)
         return [c.text if c.error is None else None for c in completions]
 
@@ -152,10 +160,15 @@ class TopicGPT:
 
     def _generate(self, documents: Sequence[str]) -> list[tuple[str, str]]:
         topics: list[tuple[str, str]] = []
-        for document in documents:  # in turn: each prompt shows the topics the earlier answers left
+        for i, document in enumerate(
+            documents
+        ):  # in turn: each prompt shows the topics the earlier answers left
             parsed = parse_topic(self._ask([self._generation_messages(topics, document)])[0])
             if parsed is not None and _key(parsed[0]) not in {_key(label) for label, _ in topics}:
                 topics.append(parsed)
+            log.info(
+                "topicgpt: generated from %d/%d documents: %d topics", i + 1, len(documents), len(topics)
+            )
         return topics
 
     # Step 2: refinement
@@ -184,7 +197,7 @@ class TopicGPT:
             ]
             for g in merging
         ]
-        merged = dict(zip(map(tuple, merging), map(parse_topic, self._ask(requests)), strict=True))
+        merged = dict(zip(map(tuple, merging), map(parse_topic, self._ask(requests, "merged")), strict=True))
         self.merged_ = len(topics) - len(groups)
         # An unusable merge answer keeps the group's first topic.
         return [merged.get(tuple(g)) or topics[g[0]] for g in groups]
@@ -224,7 +237,7 @@ class TopicGPT:
         if not self.topics_:
             return topic, quotes, by_llm
         asked = self._order(n)[: self.assign].tolist()
-        answers = self._ask([self._assignment_messages(texts[i]) for i in asked]) if asked else []
+        answers = self._ask([self._assignment_messages(texts[i]) for i in asked], "assigned") if asked else []
         labels = self._embed([label for label, _ in self.topics_])
         for i, text in zip(asked, answers, strict=True):
             answer = _answer(text)
