@@ -88,13 +88,18 @@ _JUNK = (
 
 
 def content_words(text: str) -> set[str]:
-    """The words of `text` that carry meaning, lower-cased and crudely made singular ("qualities" -> "quality",
-    "critics" -> "critic"), for comparing texts word by word."""
+    """The words of `text` that carry meaning, lower-cased and crudely stemmed ("qualities" -> "quality",
+    "critics" -> "critic", "churning" -> "churn", "recommended" -> "recommend"), for comparing texts word by
+    word."""
     words = set()
     for word in re.findall(r"[a-z0-9]+", text.lower().replace("'s", "")):
         if word in _FUNCTION_WORDS:
             continue
-        if len(word) > 4 and word.endswith("ies"):
+        if len(word) > 5 and word.endswith("ing"):
+            word = word[:-3]
+        elif len(word) > 4 and word.endswith("ed"):
+            word = word[:-2]
+        elif len(word) > 4 and word.endswith("ies"):
             word = word[:-3] + "y"
         elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
             word = word[:-1]
