@@ -11,6 +11,7 @@ import pandas as pd
 
 from instruct_lf_dagster import liveness
 from instruct_lf_dagster.automation import all_batches_tags, all_discoveries_job, documents_job
+from instruct_lf_dagster.core.factors import ends
 from instruct_lf_dagster.definitions import build_definitions, declared_each
 from instruct_lf_dagster.partitions import DOCUMENTS, batches
 from instruct_lf_dagster.settings import Settings
@@ -170,7 +171,8 @@ def changes(inst: dg.DagsterInstance, discovery: str) -> str:
 
 def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: int = 5) -> str:
     """Factors as text, grouped by theme (largest first): each with its name, one sentence and its most
-    informative properties. The `top_factors` largest factors are shown."""
+    informative properties as its two ends ("witty humor, gag humor / lack of humor"). The `top_factors` largest
+    factors are shown."""
     sizes = report.groupby("factor").size().sort_values(ascending=False, kind="stable")
     shown = set(sizes.index[:top_factors])
     first = report.sort_values("rank").drop_duplicates("factor").set_index("factor")
@@ -186,8 +188,13 @@ def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: 
             lines.append(f"  factor {factor:>3}  {row.get('name', '')}{flag}  ({sizes[factor]} properties)")
             if row.get("description"):
                 lines.append(f"        {row['description']}")
-            props = report[report["factor"] == factor].sort_values("rank")["property"].head(top_properties)
-            lines.append("        " + "; ".join(props))
+            props = report[report["factor"] == factor].sort_values("rank").head(top_properties)
+            pole = props["pole"] if "pole" in props else ["high"] * len(props)  # reports stored before poles
+            high, low = (
+                [p for p, e in zip(props["property"], pole, strict=True) if e == end]
+                for end in ("high", "low")
+            )
+            lines.append("        " + ends(high, low))
     if len(sizes) > top_factors:
         lines.append(f"... and {len(sizes) - top_factors} smaller factors (all of them in the HTML report)")
     return "\n".join(lines)

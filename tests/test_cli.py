@@ -106,5 +106,19 @@ def test_factors_are_printed_by_theme_largest_first():
     lines = text.splitlines()
     assert lines[0] == "theme: Genre thrills"
     assert lines[1].split() == ["factor", "7", "Haunted", "stories", "(2", "properties)"]
-    assert "Ghosts; Jump scares" in text and "Car chase" in text
+    assert "Ghosts, Jump scares" in text and "Car chase" in text
     assert "Romance" not in text and lines[-1].startswith("... and 1 smaller factors")
+
+
+def test_a_factor_with_two_ends_is_printed_high_then_low():
+    import pandas as pd
+
+    from instruct_lf_dagster.run import format_factors
+
+    rows = [
+        (1, 1, "Witty humor", "high"),
+        (1, 2, "Lack of humor", "low"),
+        (1, 3, "Gag humor", "high"),
+    ]
+    report = pd.DataFrame(rows, columns=["factor", "rank", "property", "pole"]).assign(name="Humor")
+    assert "        Witty humor, Gag humor / Lack of humor" in format_factors(report).splitlines()

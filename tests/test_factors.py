@@ -6,7 +6,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from instruct_lf_dagster.bench.corex import planted
 from instruct_lf_dagster.core.corex import LinearCorex
-from instruct_lf_dagster.core.factors import Factors
+from instruct_lf_dagster.core.factors import Factors, ends
 
 PROPS = ("dark humor", "features actor x", "romance", "slow pace", "happy ending")
 
@@ -73,7 +73,7 @@ def test_evidence_names_top_factors_and_their_properties(factors):
 
 def test_frame_for_storage(factors):
     frame = factors.to_frame()
-    assert list(frame.columns) == ["factor", "rank", "property", "mi"]
+    assert list(frame.columns) == ["factor", "rank", "property", "mi", "pole"]
     assert frame["factor"].tolist() == [0, 0, 2, 2, 2]
     assert frame["rank"].tolist() == [1, 2, 1, 2, 3]
     assert frame.loc[2, "property"] == "romance" and frame.loc[2, "mi"] == pytest.approx(0.8)
@@ -84,6 +84,46 @@ def test_describe_lists_strongest_factors_first(factors):
     lines = text.splitlines()
     assert lines[0].startswith("| factor") and len(lines) == 3
     assert lines[2].startswith("| 2 | 3 |") and "romance (0.80)" in lines[2] and "slow pace" not in lines[2]
+
+
+def signed() -> Factors:
+    """Two latent causes; "humourless" loads negatively on the first: it is that factor's low end."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((600, 2))
+    loadings = [(0, 1.0), (0, 0.9), (0, 0.8), (0, -0.9), (1, 1.0), (1, 0.9), (1, 0.8)]
+    x = np.stack([sign * z[:, c] + 0.4 * rng.standard_normal(600) for c, sign in loadings], axis=1)
+    names = ["witty", "gag humor", "funny", "humourless", "slow", "long", "drawn out"]
+    return Factors(LinearCorex(2, 0.0, seed=0, threads=1).fit(x), names)
+
+
+def test_a_member_with_a_negative_loading_sits_at_the_low_end():
+    factors = signed()
+    (humor,) = [k for k in factors.nonempty() if "witty" in dict(factors.members(k))]
+    (pace,) = [k for k in factors.nonempty() if k != humor]
+    high, low = factors.poles(humor)
+    assert {p for p, _ in high} == {"witty", "gag humor", "funny"} and [p for p, _ in low] == ["humourless"]
+    assert factors.poles(pace)[1] == [] and len(factors.poles(pace)[0]) == 3
+    assert sorted(high + low, key=lambda m: -m[1]) == factors.members(humor)  # members() is unchanged
+    frame = factors.to_frame().set_index("property")
+    assert frame.loc["humourless", "pole"] == "low" and frame.loc["witty", "pole"] == "high"
+    line = next(row for row in factors.describe(top=2, properties=4).splitlines() if "witty" in row)
+    assert line.count(" / ") == 1 and line.rsplit(" / ", 1)[1].startswith("humourless")
+    # A document with the low end's property and none of the high end's sits at the low end, and says so.
+    standard = np.zeros(7)
+    standard[3], standard[:3] = 2.0, -1.0
+    raw = factors.model.mean_ + standard * factors.model.std_
+    (entry,) = factors.evidence(raw, top_factors=1, top_properties=1)[0]
+    assert entry["factor"] == factors.ids[humor] and entry["pole"] == "low" and entry["score"] < 0
+    assert entry["properties"][0][0] == "humourless" and entry["properties"][0][1] > 0
+    assert (
+        factors.evidence(factors.model.mean_ - raw + factors.model.mean_, top_factors=1)[0][0]["pole"]
+        == "high"
+    )
+
+
+def test_ends_read_high_then_low():
+    assert ends(["witty humor", "gag humor"], ["lack of humor"]) == "witty humor, gag humor / lack of humor"
+    assert ends(["slow"], []) == "slow"
 
 
 def test_warm_start_aligns_columns_by_property(factors):

@@ -15,7 +15,18 @@ from instruct_lf_dagster.assets.html import render, sparkline
 def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     report = pd.DataFrame(
         [
-            (4, 1, "Ghosts", "Haunted <stories>", "Fear & dread.", True, 0, "Thrills", ["A ghost film."]),
+            (
+                4,
+                1,
+                "Ghosts",
+                "Haunted <stories>",
+                "Fear & dread.",
+                True,
+                0,
+                "Thrills",
+                ["A ghost film."],
+                "high",
+            ),
             (
                 4,
                 2,
@@ -26,9 +37,21 @@ def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
                 0,
                 "Thrills",
                 ["A ghost film."],
+                "low",
             ),
-            (9, 1, "Car chase", "Action set pieces", "Speed.", True, 0, "Thrills", ["Chase after chase."]),
-            (2, 1, "Kiss", "Kiss", "", False, 1, "Romance", []),
+            (
+                9,
+                1,
+                "Car chase",
+                "Action set pieces",
+                "Speed.",
+                True,
+                0,
+                "Thrills",
+                ["Chase after chase."],
+                "high",
+            ),
+            (2, 1, "Kiss", "Kiss", "", False, 1, "Romance", [], "high"),
         ],
         columns=[
             "factor",
@@ -40,6 +63,7 @@ def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
             "theme",
             "theme_name",
             "examples",
+            "pole",
         ],
     )
     prevalence = pd.DataFrame(
@@ -56,6 +80,10 @@ def test_the_page_has_every_factor_inside_its_theme_and_escapes_text():
     assert "Haunted &lt;stories&gt;" in page and "<stories>" not in page and "&lt;good&gt;" in page
     assert page.index("Thrills") < page.index("Romance")  # the larger theme first
     assert "the LLM gave no name" in page  # the fallback name is flagged
+    # A factor with two ends shows both; one with a single end shows its properties alone.
+    card = page[page.index('data-factor="4"') : page.index('data-factor="9"')]
+    assert re.search(r"high:</span>\s*Ghosts</p>", card) and re.search(r"low:</span>\s*Jump scares</p>", card)
+    assert "low:" not in page[page.index('data-factor="9"') :]
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     assert sparkline([]) == "" and sparkline([0.0, 0.0]).count("polyline") == 1
 

@@ -40,7 +40,8 @@ def build(d: DiscoverySpec) -> list:
         factor_report: pd.DataFrame,
         storage: Storage,
     ) -> pd.DataFrame:
-        """Each document's score on every factor, its strongest factor, and the properties that explain it."""
+        """Each document's score on every factor, the factor it sits furthest along, at which end of it
+        (`top_factor_pole`: high or low), and the properties that put it there."""
         refuse_narrowed_backfill(context)
         table = asset_key(d, "compatibility")
         names = dict(zip(factor_report["factor"], factor_report["name"], strict=True))
@@ -63,6 +64,7 @@ def build(d: DiscoverySpec) -> list:
                         "scores": list(scores),
                         "top_factor": [e["factor"] if e else -1 for e in evidence],
                         "top_factor_name": [names.get(e["factor"], "") if e else "" for e in evidence],
+                        "top_factor_pole": [e["pole"] if e else "" for e in evidence],
                         "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
                     }
                 )
@@ -84,7 +86,7 @@ def build(d: DiscoverySpec) -> list:
                 "coverage": coverage(scores),
                 "prevalence": display.prevalence(shares, [f"{k}: {names.get(k, '')}" for k in top]),
                 "preview": dg.MetadataValue.md(
-                    out[["document_id", "top_factor", "top_factor_name", "evidence"]]
+                    out[["document_id", "top_factor", "top_factor_name", "top_factor_pole", "evidence"]]
                     .head(8)
                     .to_markdown(index=False)
                 ),

@@ -9,7 +9,7 @@ import pandas as pd
 import instruct_lf_dagster.assets.display as display
 from instruct_lf_dagster.assets.matrix import read
 from instruct_lf_dagster.core.discovery import DiscoverySpec
-from instruct_lf_dagster.core.factors import Factors
+from instruct_lf_dagster.core.factors import Factors, ends
 from instruct_lf_dagster.core.naming import FactorName, name_factors
 from instruct_lf_dagster.partitions import DOCUMENTS, asset_key, batches
 from instruct_lf_dagster.resources.llm import LLMResource
@@ -83,11 +83,12 @@ def build(d: DiscoverySpec) -> list:
         llm: LLMResource,
         storage: Storage,
     ) -> pd.DataFrame:
-        """Each factor's name, one sentence on it, its theme, its properties by mutual information and the
-        documents that score highest on it: what discovery found.
+        """Each factor's name, one sentence on it, its theme, its properties by mutual information with the end
+        of the factor each sits at (`pole`: high or low) and the documents that score highest on it: what
+        discovery found.
 
-        The discovery's LLM names each factor from its top properties and the 3 documents that score highest on
-        it, and each theme from its factors' names (cached like proposals); a failed or unusable answer falls
+        The discovery's LLM names each factor (a direction) from its top properties at each end and the 3
+        documents that score highest on it, and each theme from its factors' names (cached like proposals); a failed or unusable answer falls
         back to the top property (or factor), flagged.
         """
         ranked, ids = latent_factors.ranked(), latent_factors.ids
@@ -95,6 +96,7 @@ def build(d: DiscoverySpec) -> list:
         examples = top_documents(storage, d, keys, latent_factors, ranked)
         examples = {ids[k]: texts for k, texts in examples.items()}
         members = {ids[k]: [p for p, _ in latent_factors.members(k)] for k in ranked}
+        poles = {ids[k]: [[p for p, _ in end] for end in latent_factors.poles(k)] for k in ranked}
         client = llm.client_for(d.name, d.llm, storage.response_cache())
 
         def progress(what: str):
@@ -106,7 +108,13 @@ def build(d: DiscoverySpec) -> list:
 
         earlier = earlier_names(storage, d)
         names, usage = name_factors(
-            client, d.goal, members, examples, previous=earlier, progress=progress("factors")
+            client,
+            d.goal,
+            {k: high for k, (high, _) in poles.items()},
+            examples,
+            previous=earlier,
+            progress=progress("factors"),
+            low={k: low for k, (_, low) in poles.items()},
         )
         kept = sum(n.factor in earlier and earlier[n.factor][1].name == n.name for n in names)
         named = {n.factor: n for n in names}
@@ -136,11 +144,11 @@ def build(d: DiscoverySpec) -> list:
                     named[i].name,
                     theme_named.get(theme_of.get(i, -1), ""),
                     len(members[i]),
-                    "; ".join(members[i][:5]),
+                    ends(*(end[:4] for end in poles[i])),
                 )
                 for i in (ids[k] for k in ranked)
             ],
-            columns=["factor", "name", "theme", "size", "properties"],
+            columns=["factor", "name", "theme", "size", "properties: high / low"],
         )
         context.add_output_metadata(
             {

@@ -44,7 +44,7 @@ def sparkline(values: Sequence[float], width: int = SPARK_WIDTH, height: int = S
 
 def _card(rows: pd.DataFrame, shares: Sequence[float]) -> dict:
     """What one factor's card shows; `rows` are its properties by rank."""
-    first = rows.iloc[0]
+    first, top = rows.iloc[0], rows.head(8)
     trend = None
     if len(shares):
         points = _points(shares, SPARK_WIDTH, SPARK_HEIGHT)
@@ -55,7 +55,9 @@ def _card(rows: pd.DataFrame, shares: Sequence[float]) -> dict:
         "size": len(rows),
         "named_by_llm": bool(first["named_by_llm"]),
         "description": first["description"] or "",
-        "properties": list(rows["property"].head(8)),
+        # The first 8 by MI, split into the factor's two ends (a factor is a direction; `Factors.poles`).
+        "high": [p for p, pole in zip(top["property"], top["pole"], strict=True) if pole == "high"],
+        "low": [p for p, pole in zip(top["property"], top["pole"], strict=True) if pole == "low"],
         "examples": list(first["examples"])[:3],
         "trend": trend,
     }

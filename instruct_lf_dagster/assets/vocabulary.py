@@ -24,9 +24,13 @@ def build(d: DiscoverySpec) -> list:
     def vocabulary(
         context: dg.AssetExecutionContext, proposals: pd.DataFrame, compute: ComputeResource
     ) -> Vocabulary:
-        """Every proposed property, normalised; exact and near duplicates (by MiniLM cosine) folded together."""
+        """Every proposed property, normalised and screened; exact and near duplicates (by MiniLM cosine) folded
+        together. Properties kept out (instructions, code, the goal restated, the discovery's `exclude`
+        patterns) are counted and listed with the reason in the metadata."""
         try:
-            vocab = d.instruct_lf(compute.config()).fit_vocabulary(proposals["properties"].map(list).tolist())
+            vocab = d.instruct_lf(compute.config()).fit_vocabulary(
+                proposals["properties"].map(list).tolist(), d.goal
+            )
         except ValueError as error:
             raise dg.Failure(f"{error}: check the goal and the model") from error
         top = sorted(vocab.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:15]
@@ -35,6 +39,14 @@ def build(d: DiscoverySpec) -> list:
                 "properties": len(vocab),
                 "raw_strings": len(vocab.canonical),
                 "near_duplicate_merges": vocab.merges,
+                "excluded": len(vocab.excluded),
+                "excluded_properties": dg.MetadataValue.md(
+                    pd.DataFrame(list(vocab.excluded.items()), columns=["property", "reason"]).to_markdown(
+                        index=False
+                    )
+                    if vocab.excluded
+                    else "none"
+                ),
                 "most_proposed": dg.MetadataValue.md(
                     pd.DataFrame(top, columns=["property", "count"]).to_markdown(index=False)
                 ),

@@ -7,9 +7,11 @@ refused, so a typo fails when the YAML loads, not in a run.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Truncation = Literal["head", "tail"]
 _BOUNDS = {  # JSON-schema keyword -> (test that passes, words of the message)
@@ -68,6 +70,25 @@ class VocabularyConfig(Settings):
         0.9, minimum=0, maximum=1, description="MiniLM cosine at or above which two merge"
     )
     min_count: int = setting(1, minimum=1, description="drop properties proposed fewer times than this")
+    exclude: Sequence[str] = setting(
+        (),
+        description="regular expressions (searched ignoring case): matching properties are kept out of the "
+        "vocabulary and listed as excluded, besides the built-in rules (instructions, code, the goal restated)",
+    )
+
+    @field_validator("exclude")
+    @classmethod
+    def _compiles(cls, patterns: Sequence[str]) -> tuple[str, ...]:
+        # A tuple, so that the frozen settings stay hashable (the YAML gives a list).
+        patterns = tuple(patterns)
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(
+                    f"exclude pattern {pattern!r} is not a regular expression: {error}"
+                ) from None
+        return patterns
 
 
 class LinkerConfig(Settings):

@@ -15,6 +15,11 @@ from instruct_lf_dagster.core.corex import LinearCorex
 from instruct_lf_dagster.core.identity import Match, match
 
 
+def ends(high: Sequence[str], low: Sequence[str]) -> str:
+    """A factor's two ends as people read them: "witty humor, gag humor / lack of humor" (no low end: no slash)."""
+    return " / ".join(", ".join(end) for end in (high, low) if end)
+
+
 @dataclass(frozen=True)
 class Factors:
     """The factors of a fitted `LinearCorex` over `properties` (the columns it was fitted on, in order).
@@ -24,6 +29,11 @@ class Factors:
     `scores`); what users see (`to_frame`, `evidence`, `describe`) names them by `ids[k]`, their public ids, which
     a refit carries over from the factors it matches (`aligned_to`). Factors that received no property are left out
     of every listing but keep their row.
+
+    A factor is a direction: each member's weight has a sign, and the factor is oriented (`_signs`) so that its
+    members' weights sum positive. Its high end (`poles`) is the members whose oriented weight is non-negative,
+    its low end the others: a document scores high when it has the high end's properties, low when it has the
+    low end's.
     """
 
     model: LinearCorex
@@ -64,6 +74,14 @@ class Factors:
             signs[k] = 1.0 if self.model.w_[k, cols].sum() >= 0 else -1.0
         return signs
 
+    @cached_property
+    def _high(self) -> np.ndarray:
+        """Whether each property sits at the high end of its factor (oriented weight >= 0); False if unassigned."""
+        high = np.zeros(len(self.properties), dtype=bool)
+        for k, cols in self._members.items():
+            high[cols] = self.model.w_[k, cols] * self._signs[k] >= 0
+        return high
+
     @property
     def n_factors(self) -> int:
         return self.model.w_.shape[0]
@@ -79,6 +97,21 @@ class Factors:
     def members(self, k: int) -> list[tuple[str, float]]:
         """Properties of factor k with their MI, highest MI first (empty for an empty factor)."""
         return [(self.properties[j], float(self.model.mis[k, j])) for j in self._members.get(k, [])]
+
+    def poles(self, k: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """Factor k's members split by the sign of their oriented weight: (high end, low end), each as
+        (property, MI), highest MI first. A document with the high end's properties scores high on k."""
+        high = [
+            (self.properties[j], float(self.model.mis[k, j]))
+            for j in self._members.get(k, [])
+            if self._high[j]
+        ]
+        low = [
+            (self.properties[j], float(self.model.mis[k, j]))
+            for j in self._members.get(k, [])
+            if not self._high[j]
+        ]
+        return high, low
 
     def membership(self) -> dict[int, dict[str, float]]:
         """Public id -> {member property: MI}, for every non-empty factor."""
@@ -123,13 +156,15 @@ class Factors:
     def evidence(
         self, compatibility_rows: np.ndarray, top_factors: int = 3, top_properties: int = 3
     ) -> list[list[dict]]:
-        """Why each document scores as it does: its top factors and the properties that push them up.
+        """Why each document scores as it does: the factors it sits furthest along, at which end, and the
+        properties that put it there.
 
-        A document's score on factor k is sum_j x_j W_kj over all properties (x standardised). Factors are ranked by
-        the score oriented so that high means "has this factor's properties" (see `_signs`), and each is explained
-        by the member properties j with the largest contribution x_j * W_kj (oriented likewise): properties the
-        document matches more than the average document does, weighted by how much the factor relies on them.
-        Returns, per document, [{"factor" (public id), "score", "properties": [(property, contribution), ...]}, ...].
+        A document's score on factor k is sum_j x_j W_kj over all properties (x standardised), oriented by
+        `_signs`. Factors are ranked by the size of that score; its sign says the end ("high" or "low", see
+        `poles`). Each is explained by the member properties j whose contribution x_j * W_kj (oriented likewise)
+        pushes furthest towards that end: properties the document matches more (high end) or less (low end) than
+        the average document does, weighted by how much the factor relies on them. Returns, per document,
+        [{"factor" (public id), "score" (oriented), "pole", "properties": [(property, push towards the pole)]}].
         """
         rows = np.atleast_2d(compatibility_rows)
         x = self.model.standardise(rows)
@@ -137,41 +172,53 @@ class Factors:
         candidates = np.array(self.nonempty(), dtype=int)
         result = []
         for i in range(len(x)):
-            best = candidates[np.argsort(-oriented[i, candidates], kind="stable")[:top_factors]]
+            best = candidates[np.argsort(-np.abs(oriented[i, candidates]), kind="stable")[:top_factors]]
             entries = []
             for k in best:
+                direction = 1.0 if oriented[i, k] >= 0 else -1.0
                 cols = np.array(self._members[int(k)])
-                contribution = x[i, cols] * self.model.w_[k, cols] * self._signs[k]
-                order = np.argsort(-contribution, kind="stable")[:top_properties]
+                push = x[i, cols] * self.model.w_[k, cols] * self._signs[k] * direction
+                order = np.argsort(-push, kind="stable")[:top_properties]
                 entries.append(
                     {
                         "factor": self.ids[k],
                         "score": float(oriented[i, k]),
-                        "properties": [(self.properties[cols[o]], float(contribution[o])) for o in order],
+                        "pole": "high" if direction > 0 else "low",
+                        "properties": [(self.properties[cols[o]], float(push[o])) for o in order],
                     }
                 )
             result.append(entries)
         return result
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per assigned property: factor (public id), rank (1 = highest MI in its factor), property, mi."""
+        """One row per assigned property: factor (public id), rank (1 = highest MI in its factor), property, mi,
+        pole ("high" or "low": the end of the factor it sits at)."""
         rows = [
-            (self.ids[k], rank, prop, mi)
+            (
+                self.ids[k],
+                rank,
+                self.properties[j],
+                float(self.model.mis[k, j]),
+                "high" if self._high[j] else "low",
+            )
             for k in self.nonempty()
-            for rank, (prop, mi) in enumerate(self.members(k), start=1)
+            for rank, j in enumerate(self._members[k], start=1)
         ]
-        return pd.DataFrame(rows, columns=["factor", "rank", "property", "mi"]).astype(
-            {"factor": "int64", "rank": "int64", "property": "string", "mi": "float64"}
+        return pd.DataFrame(rows, columns=["factor", "rank", "property", "mi", "pole"]).astype(
+            {"factor": "int64", "rank": "int64", "property": "string", "mi": "float64", "pole": "string"}
         )
 
     def describe(self, top: int = 5, properties: int = 5) -> str:
-        """A markdown table of the `top` strongest factors (total MI), each with its first `properties` members."""
-        lines = ["| factor | size | properties (MI) |", "|---:|---:|---|"]
+        """A markdown table of the `top` strongest factors (total MI), each with its first `properties` members
+        (by MI) as "high end / low end"."""
+        lines = ["| factor | size | properties: high / low (MI) |", "|---:|---:|---|"]
         for k in self.ranked()[:top]:
-            shown = "; ".join(
-                f"{prop.replace('|', '/')} ({mi:.2f})" for prop, mi in self.members(k)[:properties]
-            )
-            lines.append(f"| {self.ids[k]} | {len(self.members(k))} | {shown} |")
+            shown = {prop for prop, _ in self.members(k)[:properties]}
+            ends = [
+                ", ".join(f"{prop.replace('|', '/')} ({mi:.2f})" for prop, mi in end if prop in shown)
+                for end in self.poles(k)
+            ]
+            lines.append(f"| {self.ids[k]} | {len(self.members(k))} | {' / '.join(e for e in ends if e)} |")
         return "\n".join(lines)
 
     def warm_start(self, properties: Sequence[str]) -> np.ndarray:

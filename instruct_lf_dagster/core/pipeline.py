@@ -18,6 +18,7 @@ from instruct_lf_dagster.core.config import ComputeConfig, MethodConfig
 from instruct_lf_dagster.core.corex import CorexStatistics, LinearCorex
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker, LinkerReport
+from instruct_lf_dagster.core.proposals import Goal
 from instruct_lf_dagster.core.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,11 @@ class InstructLF:
             device=self.compute.device,
         )
 
-    def fit_vocabulary(self, proposals: Sequence[Sequence[str] | None]) -> Vocabulary:
-        """Every proposed property, normalised; exact and near duplicates (MiniLM cosine) folded together.
+    def fit_vocabulary(
+        self, proposals: Sequence[Sequence[str] | None], goal: Goal | None = None
+    ) -> Vocabulary:
+        """Every proposed property, normalised and screened (`core.screening`: with `goal`, restatements of it
+        are kept out too); exact and near duplicates (MiniLM cosine) folded together.
 
         MiniLM is loaded only when there are at least two properties to compare.
         """
@@ -85,6 +89,8 @@ class InstructLF:
             embed,
             threshold=self.config.vocabulary.merge_threshold,
             min_count=self.config.vocabulary.min_count,
+            goal=goal,
+            exclude=self.config.vocabulary.exclude,
         )
         if not len(vocabulary):
             raise ValueError("no usable property in the proposals: nothing to discover factors from")
@@ -232,16 +238,18 @@ class InstructLF:
         proposals: Sequence[Sequence[str] | None],
         corpus: Sequence[str] | None = None,
         linker: Linker | None = None,
+        goal: Goal | None = None,
     ) -> InstructLF:
         """Discover factors; `proposals[i]` belongs to `documents[i]` (None or empty: nothing proposed).
 
         Sets `vocabulary_`, `linker_`, `linker_report_` and `factors_` (fitted afresh: no warm start; with l1 = 0
         from the statistics of the compatibility rows, as the Dagster assets do batch by batch).
         `linker`: one already trained on these proposals (e.g. `Linker.load` of `linker_.save`), used as is, so
-        that trying other CorEx settings skips the costly fine-tuning; `linker_report_` is then None.
+        that trying other CorEx settings skips the costly fine-tuning; `linker_report_` is then None. `goal`:
+        properties that only restate it are kept out of the vocabulary (`fit_vocabulary`).
         """
         _check_aligned(documents, proposals)
-        self.vocabulary_ = self.fit_vocabulary(proposals)
+        self.vocabulary_ = self.fit_vocabulary(proposals, goal)
         self.linker_report_: LinkerReport | None = None
         if linker is None:
             self.linker_, self.linker_report_ = self.fit_linker(documents, proposals, self.vocabulary_)

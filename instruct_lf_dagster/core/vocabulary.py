@@ -1,17 +1,18 @@
-"""The vocabulary: every proposed property, normalised, with exact and near duplicates folded together."""
+"""The vocabulary: every proposed property, normalised and screened, with exact and near duplicates folded."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from instruct_lf_dagster.core.config import VocabularyConfig
-from instruct_lf_dagster.core.proposals import normalise_property
+from instruct_lf_dagster.core.proposals import Goal, normalise_property
+from instruct_lf_dagster.core.screening import junk_reason
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> L2-normalised rows
 
@@ -36,6 +37,7 @@ class Vocabulary:
     counts: dict[str, int]  # canonical property -> number of proposals it stands for
     merges: int = 0  # near-duplicate groups folded into another property
     threshold: float | None = None
+    excluded: dict[str, str] = field(default_factory=dict)  # property kept out -> why (`core.screening`)
 
     @classmethod
     def fit(
@@ -45,6 +47,8 @@ class Vocabulary:
         *,
         threshold: float = _DEFAULTS.merge_threshold,
         min_count: int = _DEFAULTS.min_count,
+        goal: Goal | None = None,
+        exclude: Sequence[str] = _DEFAULTS.exclude,
     ) -> Vocabulary:
         """Fold proposals into a vocabulary.
 
@@ -53,6 +57,8 @@ class Vocabulary:
         from most to least frequent and each joins the first earlier representative it is close to, so there
         is no chaining of "horror" -> "horror comedy" -> "comedy". Ties break by string, so the result does not
         depend on input order. Properties proposed fewer than `min_count` times (after merging) are dropped.
+        Properties that are instructions, code, mentions of the prompt, restatements of the `goal` or matches of
+        an `exclude` pattern (`core.screening.junk_reason`) are kept out before merging and listed in `excluded`.
         """
         spellings: dict[str, Counter[str]] = {}
         raw_to_key: dict[str, str] = {}
@@ -66,7 +72,10 @@ class Vocabulary:
         # The most frequent spelling represents its key; ties go to the smallest string.
         spelled = {k: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for k, c in spellings.items()}
         count = {k: sum(c.values()) for k, c in spellings.items()}
-        order = sorted(count, key=lambda k: (-count[k], spelled[k]))
+        excluded = {spelled[k]: r for k in count if (r := junk_reason(spelled[k], goal, exclude)) is not None}
+        order = sorted(
+            (k for k in count if spelled[k] not in excluded), key=lambda k: (-count[k], spelled[k])
+        )
 
         leader = {k: k for k in order}
         merges = 0
@@ -87,7 +96,9 @@ class Vocabulary:
         for k in order:
             total[leader[k]] += count[k]
         kept = {k for k, n in total.items() if n >= min_count}
-        canonical = {raw: spelled[leader[k]] for raw, k in sorted(raw_to_key.items()) if leader[k] in kept}
+        canonical = {
+            raw: spelled[leader[k]] for raw, k in sorted(raw_to_key.items()) if leader.get(k) in kept
+        }
         counts = {spelled[k]: total[k] for k in kept}
         return cls(
             properties=sorted(counts),
@@ -95,6 +106,7 @@ class Vocabulary:
             counts=counts,
             merges=merges,
             threshold=threshold if embed is not None else None,
+            excluded=dict(sorted(excluded.items())),
         )
 
     def __len__(self) -> int:
@@ -116,6 +128,7 @@ class Vocabulary:
             "counts": self.counts,
             "merges": self.merges,
             "threshold": self.threshold,
+            "excluded": self.excluded,
         }
 
     @classmethod
