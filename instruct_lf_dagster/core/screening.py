@@ -14,46 +14,11 @@ from instruct_lf_dagster.core.proposals import Goal
 
 # Words with no topic of their own, left out when a text is compared word by word with the goal.
 _FUNCTION_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "do",
-        "does",
-        "for",
-        "from",
-        "how",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "make",
-        "makes",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "their",
-        "them",
-        "they",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "which",
-        "who",
-        "why",
-        "with",
-    ]  # noqa: SIM905 (a list of 38 strings)
+    re.findall(
+        r"\w+",
+        "a an and are as at be by do does for from how in into is it its make makes of on or that the their them "
+        "they this to was were what when which who why with",
+    )
 )
 # What no property of a document is, whatever the goal: the document talking to the model. Simple rules, each
 # with the reason shown where the property is listed as excluded.
@@ -80,7 +45,8 @@ _JUNK = (
             r"\b(?:drop|create|alter|truncate)\s+(?:table|database|schema|index|view)\b"
             r"|\bselect\s+(?:\*|distinct\b|[\w.]+(?:\s*,\s*[\w.]+)*\s+from\b)"
             r"|\b(?:insert\s+into|delete\s+from|union\s+select|rm\s+-rf|sudo)\b|\bupdate\s+\w+\s+set\b"
-            r"|--|[{};=<>`]|\(\s*\)|</?\s*script\b",
+            # braces, semicolons and backticks, not "<" or "=": "Runtime < 90 minutes" is a property
+            r"|--|[{};`]|\(\s*\)|</?\s*script\b",
             re.IGNORECASE,
         ),
     ),
