@@ -164,3 +164,12 @@ def test_the_vocabulary_asset_lists_what_it_kept_out(monkeypatch):
 class _Distinct:
     def encode_properties(self, texts, batch_size):
         return np.eye(len(texts), dtype=np.float32)
+
+
+def test_properties_with_comparisons_are_not_taken_for_code():
+    from instruct_lf_dagster.core.screening import junk_reason
+
+    goal = Goal(text="What decides which movie to watch?", document_kind="movie review")
+    for kept in ("Runtime < 90 minutes", "Rating >= 4 stars", "Sequel-heavy franchise"):
+        assert junk_reason(kept, goal) is None, kept
+    assert junk_reason("SELECT * FROM users; --", goal) == "code or SQL"
