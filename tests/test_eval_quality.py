@@ -58,7 +58,13 @@ def test_every_method_is_judged_alike_and_a_rerun_asks_nothing(tmp_path, keyword
         assert all(
             judged[k] is None or 0 <= judged[k] <= 1 for k in ("intrusion", "relevance", "distinctiveness")
         )
-    assert first["cost"]["instruct_lf"]["llm_calls"] == 16 + first["quality"]["instruct_lf"]["topics_judged"]
+    # Proposals, then one naming call per judged factor (and a retry for an answer refused as saying little).
+    named = first["cost"]["instruct_lf"]["llm_calls"] - 16
+    assert (
+        first["quality"]["instruct_lf"]["topics_judged"]
+        <= named
+        <= 2 * first["quality"]["instruct_lf"]["topics_judged"]
+    )
     assert first["cost"]["lda"]["llm_calls"] == 0
     calls = keyword_llm.calls
     second = quality.main(args_for(path))

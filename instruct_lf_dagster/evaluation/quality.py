@@ -126,12 +126,21 @@ def _instruct_lf(
     unnamed = factor_topics(factors, strengths)
     rows = factors.nonempty()
     largest = [rows[t] for t in unnamed.largest(args.topics)]
-    members = {k: [p for p, _ in factors.members(k)] for k in largest}
+    poles = {k: [[p for p, _ in end] for end in factors.poles(k)] for k in largest}
     documents = {k: [texts[i] for i in np.argsort(-strengths[:, k], kind="stable")[:3]] for k in largest}
-    names, usage = name_factors(client, goal, members, documents, progress=_progress("names"))
-    cost = cost + Cost(
-        calls=len(largest), prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+    # Named as the platform names them (the factor report): both ends shown, the strongest documents as evidence.
+    names, usage = name_factors(
+        client,
+        goal,
+        {k: high for k, (high, _) in poles.items()},
+        documents,
+        low={k: low for k, (_, low) in poles.items()},
+        progress=_progress("names"),
     )
+    # Naming reports a batch's usage, not its answers: calls include cached ones (and retries), tokens only the
+    # calls paid in this run.
+    named = Cost(usage.calls + usage.cache_hits, usage.prompt_tokens, usage.completion_tokens)
+    cost = cost + named
     return factor_topics(factors, strengths, {n.factor: n.name for n in names}), cost
 
 
