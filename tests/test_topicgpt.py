@@ -56,6 +56,7 @@ class FakeLLM:
     def __init__(self, generate=None, merge=None, assign=None):
         self.generate, self.merge, self.assign = generate, merge, assign
         self.requests: list[list[dict]] = []
+        self.formats: list[dict] = []  # the response format of each request
         self.batches: list[int] = []
 
     def kind(self, messages) -> str:
@@ -79,6 +80,7 @@ class FakeLLM:
 
     def complete(self, requests, *, response_format=None, progress=None):
         assert response_format is not None
+        self.formats += [response_format] * len(requests)
         self.requests += requests
         self.batches.append(len(requests))
         answers = [self.answer(messages) for messages in requests]
@@ -182,6 +184,11 @@ def test_topics_members_are_quotes_of_llm_assigned_documents():
     np.testing.assert_array_equal(topics.assignment, model.assignment_)
     assert all(len(m.split()) <= 12 for members in topics.members for m in members)
     assert sum(map(len, topics.members)) == sum(q is not None for q in model.quotes_)
+    # A grammar-constrained model writes only its schema's keys: assignments must be asked for a quote.
+    kinds = [llm.kind(r) for r in llm.requests]
+    for kind, response_format in zip(kinds, llm.formats, strict=True):
+        required = response_format["json_schema"]["schema"]["required"]
+        assert required == (["topic", "quote"] if kind == "assign" else ["topic", "description"]), kind
 
 
 def test_transform_is_one_hot_and_budgeted():

@@ -25,6 +25,14 @@ TOPIC_SCHEMA = {
     "required": ["topic", "description"],
 }
 TOPIC_FORMAT = {"type": "json_schema", "json_schema": {"name": "topic", "schema": TOPIC_SCHEMA}}
+# An assignment answers with a quote, not a description: a grammar-constrained model can only write the keys its
+# schema names.
+ASSIGN_SCHEMA = {
+    "type": "object",
+    "properties": {"topic": {"type": "string"}, "quote": {"type": "string"}},
+    "required": ["topic", "quote"],
+}
+ASSIGN_FORMAT = {"type": "json_schema", "json_schema": {"name": "assignment", "schema": ASSIGN_SCHEMA}}
 LABEL_MATCH = 0.7  # an unlisted label this cosine-close to a listed one is a paraphrase of it, not junk
 QUOTE_WORDS = 12  # a member quote is cut to this many words
 TOP_MEMBERS = 10  # quotes a topic is read by, as LDA's and BERTopic's words
@@ -128,7 +136,9 @@ class TopicGPT:
             self._memo.update(zip(new, np.asarray(self._encode(new), dtype=np.float64), strict=True))
         return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 1))
 
-    def _ask(self, requests: list[list[dict]], stage: str = "") -> list[str | None]:
+    def _ask(
+        self, requests: list[list[dict]], stage: str = "", response_format: dict = TOPIC_FORMAT
+    ) -> list[str | None]:
         if not requests:
             return []
 
@@ -136,7 +146,7 @@ class TopicGPT:
             if total > 1 and (done % 10 == 0 or done == total):  # minutes of calls on a CPU: say how far
                 log.info("topicgpt: %s %d/%d", stage, done, total)
 
-        completions, _ = self.client.complete(requests, response_format=TOPIC_FORMAT, progress=progress)
+        completions, _ = self.client.complete(requests, response_format=response_format, progress=progress)
         self.cost += Cost.of(completions)
         return [c.text if c.error is None else None for c in completions]
 
@@ -237,7 +247,11 @@ class TopicGPT:
         if not self.topics_:
             return topic, quotes, by_llm
         asked = self._order(n)[: self.assign].tolist()
-        answers = self._ask([self._assignment_messages(texts[i]) for i in asked], "assigned") if asked else []
+        answers = (
+            self._ask([self._assignment_messages(texts[i]) for i in asked], "assigned", ASSIGN_FORMAT)
+            if asked
+            else []
+        )
         labels = self._embed([label for label, _ in self.topics_])
         for i, text in zip(asked, answers, strict=True):
             answer = _answer(text)
