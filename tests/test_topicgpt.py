@@ -202,6 +202,12 @@ def test_transform_is_one_hot_and_budgeted():
     assert len(llm.of("assign")) - before == 2
 
 
+def test_fitted_and_new_documents_share_one_space_even_without_topics():
+    assert Topics([], [], np.full(3, -1)).indicators().shape == (3, 1)
+    found = Topics(["a", "b"], [["x"], ["y"]], np.array([1, -1, 0]))
+    np.testing.assert_array_equal(found.indicators(), [[0, 1], [0, 0], [1, 0]])
+
+
 def test_rare_topics_are_dropped_and_the_documents_assigned_again():
     labels = iter(["Billing problems", "App crashes", "Login trouble"])
     llm = FakeLLM(generate=lambda d: json.dumps({"topic": next(labels), "description": ""}))

@@ -75,8 +75,12 @@ class Topics:
         return counts[: len(self)]
 
     def indicators(self) -> np.ndarray:
-        """One-hot rows (fitted documents x topics) of `assignment`; a document without a topic is all zero."""
-        out = np.zeros((len(self.assignment), len(self)), dtype=np.float32)
+        """One-hot rows (fitted documents x topics) of `assignment`; a document without a topic is all zero.
+
+        With no topic at all, one zero column: the width the peers' `transform` gives then, so that fitted and
+        new documents always live in the same space.
+        """
+        out = np.zeros((len(self.assignment), max(len(self), 1)), dtype=np.float32)
         kept = np.flatnonzero(self.assignment >= 0)
         out[kept, self.assignment[kept]] = 1.0
         return out
