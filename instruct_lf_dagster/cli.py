@@ -196,6 +196,52 @@ def _discovery_parsers(sub: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=lambda a: print(discoveries.describe()))
 
 
+def _score(args: argparse.Namespace) -> int:
+    quiet_openmp()
+    from tabulate import tabulate
+
+    from instruct_lf_dagster.assets.documents import BatchError
+    from instruct_lf_dagster.fitted import load_discovery, score_file, write_scores
+
+    try:
+        discovery = load_discovery(args.discovery, settings=args.settings)
+        scores, report = score_file(discovery, args.file, args.text_column, args.id_column)
+    except (LookupError, BatchError, OSError) as error:
+        raise SystemExit(f"instruct-lf score: {error}") from None
+    skipped = {key: value for key, value in report.items() if value}
+    if skipped:
+        _say(f"{args.file}: skipped or changed: {skipped}")
+    if args.out:
+        _say(
+            f"{len(scores)} documents scored on {len(discovery.factors.nonempty())} factors: {write_scores(scores, args.out)}"
+        )
+    else:
+        shown = scores[["document_id", "top_factor_name", "top_factor_pole", "evidence"]].head(args.show)
+        print(tabulate(shown, headers="keys", tablefmt="plain", showindex=False, maxcolwidths=60))
+        if len(scores) > args.show:
+            print(f"... {len(scores) - args.show} more (write them all with --out FILE)")
+    return 0
+
+
+def _score_parsers(sub: argparse._SubParsersAction) -> None:
+    score = sub.add_parser(
+        "score",
+        help="score a document file with a fitted discovery, without registering it as a batch",
+        description="Score every document of FILE (JSONL, JSON, CSV or Parquet) on a discovery's factors, as "
+        "its document_factors asset would: a score per factor, the factor each document sits furthest along, "
+        "at which end, and why. Rows that cannot be read are reported and skipped.",
+    )
+    score.add_argument("file", help="the documents: .jsonl, .json, .csv or .parquet")
+    score.add_argument(
+        "--discovery", required=True, help="a materialised discovery (see `instruct-lf discovery list`)"
+    )
+    score.add_argument("--out", help="write every row here (.csv, .jsonl or .parquet) instead of a preview")
+    score.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    score.add_argument("--id-column", default="id", help="optional id column (default: id; else row numbers)")
+    score.add_argument("--show", type=int, default=10, help="rows previewed without --out (default 10)")
+    score.set_defaults(func=_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `instruct-lf`."""
     parser = argparse.ArgumentParser(
@@ -205,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parsers(sub)
     _discovery_parsers(sub)
+    _score_parsers(sub)
     _model_parsers(sub)
     _table_parsers(sub)
     return parser

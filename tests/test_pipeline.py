@@ -8,8 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 
+from instruct_lf_dagster import cli, load_discovery
 from instruct_lf_dagster.assets import documents
 from instruct_lf_dagster.automation import all_batches_tags
 from instruct_lf_dagster.components import Discovery
@@ -130,6 +132,42 @@ def test_whole_graph_then_backfill_is_idempotent(tmp_path, keyword_llm, instance
     assert len(after) == len(before)
     assert keyword_llm.calls == calls
     np.testing.assert_allclose(np.stack(after["scores"]), np.stack(before["scores"]), atol=1e-5)
+
+
+def test_the_fitted_discovery_scores_texts_as_document_factors_stored_them(
+    tmp_path, keyword_llm, instance, monkeypatch, capsys
+):
+    keys = write_batches(tmp_path / "inbox", count=1)
+    instance.add_dynamic_partitions(batches.name, keys)
+    resources = local_resources(tmp_path)
+    assert run(resources, instance, keys).success
+    stored = table(resources, "reviews__document_factors", keys).sort_values("document_id", ignore_index=True)
+    docs = table(resources, "documents", keys).set_index("document_id").loc[stored["document_id"]]
+
+    fitted = load_discovery("reviews", resources["storage"])
+    scored = fitted.transform(docs["text"].tolist())
+    assert list(scored.columns[:3]) == fitted.columns() and len(set(fitted.columns())) == 3
+    np.testing.assert_allclose(scored[fitted.columns()].to_numpy(), np.stack(stored["scores"]), atol=1e-5)
+    for column in ("top_factor", "top_factor_name", "top_factor_pole", "evidence"):
+        assert scored[column].tolist() == stored[column].tolist(), column
+    assert fitted.transform([]).empty and list(fitted.transform([]).columns[:3]) == fitted.columns()
+    assert all(name in fitted.describe() for name in fitted.names.values())
+
+    # The command line, on a file with bad rows: they are reported and skipped, the others scored.
+    lines = [json.dumps({"id": "a", "text": REVIEWS[0]}), "{not json", json.dumps({"id": "b", "text": "  "})]
+    lines.append(json.dumps({"id": "c", "text": REVIEWS[3]}))
+    (tmp_path / "new.jsonl").write_text("\n".join(lines))
+    monkeypatch.setenv("INSTRUCT_LF_HOME", str(tmp_path / "home"))
+    out = tmp_path / "scores.parquet"
+    assert cli.main(["score", "--discovery", "reviews", str(tmp_path / "new.jsonl"), "--out", str(out)]) == 0
+    written = pd.read_parquet(out)
+    assert written["document_id"].tolist() == ["a", "c"]
+    expected = fitted.transform([REVIEWS[0], REVIEWS[3]])
+    np.testing.assert_allclose(written[fitted.columns()].to_numpy(), expected[fitted.columns()], atol=1e-5)
+    err = capsys.readouterr().err
+    assert "undecodable_rows" in err and "empty_skipped" in err and "2 documents scored" in err
+    with pytest.raises(SystemExit, match="no linker, latent_factors, factor_report"):
+        cli.main(["score", "--discovery", "nothing_here", str(tmp_path / "new.jsonl")])
 
 
 def test_same_inputs_give_the_same_factors(tmp_path, keyword_llm, instance):

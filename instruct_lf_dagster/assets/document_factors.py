@@ -12,6 +12,8 @@ from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.partitions import asset_key, per_batch, refuse_narrowed_backfill
 from instruct_lf_dagster.resources.storage import Storage
 
+COLUMNS = ["batch", "document_id", "scores", "top_factor", "top_factor_name", "top_factor_pole", "evidence"]
+
 
 def coverage(scores: np.ndarray) -> float:
     """Share of documents with at least one strong factor score."""
@@ -51,24 +53,9 @@ def build(d: DiscoverySpec) -> list:
             if part is None:
                 continue
             ids, x = part
-            scores = latent_factors.scores(x).astype(np.float32)
-            evidence = [
-                entries[0] if entries else None for entries in latent_factors.evidence(x, top_factors=1)
-            ]
-            all_scores.append(scores)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "batch": batch,
-                        "document_id": ids,
-                        "scores": list(scores),
-                        "top_factor": [e["factor"] if e else -1 for e in evidence],
-                        "top_factor_name": [names.get(e["factor"], "") if e else "" for e in evidence],
-                        "top_factor_pole": [e["pole"] if e else "" for e in evidence],
-                        "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in evidence],
-                    }
-                )
-            )
+            rows = latent_factors.document_table(x, names)
+            all_scores.append(np.stack(rows["scores"].to_numpy()))
+            frames.append(rows.assign(batch=batch, document_id=ids)[COLUMNS])
         if not frames:
             raise dg.Failure(
                 f"no compatibility rows for batches {context.partition_keys}: materialise them first"

@@ -190,6 +190,23 @@ class Factors:
             result.append(entries)
         return result
 
+    def document_table(self, compatibility_rows: np.ndarray, names: dict[int, str]) -> pd.DataFrame:
+        """Each document's row as `document_factors` stores it: `scores` (the model's, one per factor row),
+        the factor it sits furthest along (`top_factor`, its public id, -1 when no factor has a member), that
+        factor's name from `names` (public id -> name), the end it sits at and the properties that put it there."""
+        rows = np.atleast_2d(compatibility_rows)
+        scores = self.scores(rows).astype(np.float32)
+        top = [entries[0] if entries else None for entries in self.evidence(rows, top_factors=1)]
+        return pd.DataFrame(
+            {
+                "scores": list(scores),
+                "top_factor": [e["factor"] if e else -1 for e in top],
+                "top_factor_name": [names.get(e["factor"], "") if e else "" for e in top],
+                "top_factor_pole": [e["pole"] if e else "" for e in top],
+                "evidence": ["; ".join(p for p, _ in e["properties"]) if e else "" for e in top],
+            }
+        )
+
     def to_frame(self) -> pd.DataFrame:
         """One row per assigned property: factor (public id), rank (1 = highest MI in its factor), property, mi,
         pole ("high" or "low": the end of the factor it sits at)."""
