@@ -10,6 +10,7 @@ stored objects, so a text scores the same here as it would in the pipeline.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,9 @@ def load_discovery(
     if storage is None:
         from instruct_lf_dagster.definitions import build_definitions
 
-        defs = build_definitions(settings=settings or Settings.from_env())
+        with warnings.catch_warnings():  # beta and preview APIs the project uses; not the notebook's concern
+            warnings.filterwarnings("ignore", message=".* is currently in (beta|preview)")
+            defs = build_definitions(settings=settings or Settings.from_env())
         with dg.build_resources({"storage": defs.resources["storage"]}) as resources:
             return load_discovery(name, resources.storage)
     linker = storage.load_artefact(dg.AssetKey([name, "linker"]))

@@ -36,6 +36,8 @@ class ScriptedClient:
             '{"name": "Billing problems", "description": "Charges  that\\nwent wrong."}',
             ("Billing problems", "Charges that went wrong."),
         ),
+        ('{"name": "Theme: Emotional depth", "description": "Moving."}', ("Emotional depth", "Moving.")),
+        ('{"name": "Factor 3: Refunds", "description": "Money back."}', ("Refunds", "Money back.")),
         (
             'Sure! ```json\n{"name": "slow support replies", "description": "Waiting."}\n```',
             ("Slow support replies", "Waiting."),

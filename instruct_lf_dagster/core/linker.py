@@ -331,7 +331,9 @@ class Linker:
     def load(cls, path: str | Path, device: str = "cpu", max_seq_length: int | None = None) -> Linker:
         """A linker saved by `save`; `max_seq_length` encodes at another length than the saved one."""
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # as load_encoder: no "Loading weights" bar per load
         path = Path(path)
         config = json.loads((path / CONFIG_FILE).read_text())
         # Loaded fresh, not through the shared encoder cache: a linker owns (and may retrain) its model.

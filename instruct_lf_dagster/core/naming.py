@@ -92,7 +92,8 @@ def parse_name(text: str | None) -> tuple[str, str] | None:
         answer = None
     if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
         return None
-    name = normalise_property(answer["name"])
+    # Small models label their answer as the prompt does ("Theme: Emotional depth"): the label is not the name.
+    name = normalise_property(re.sub(r"^\s*(theme|factor|name)\s*\d*\s*:\s*", "", answer["name"], flags=re.I))
     if name is None or not NAME_WORDS[0] <= len(name.split()) <= NAME_WORDS[1]:
         return None
     description = answer.get("description")
