@@ -1,6 +1,6 @@
 """A materialised discovery outside Dagster: load its linker, factors and names from storage, score new texts.
 
-    from instruct_lf_dagster import load_discovery
+    from instruct_lf_dagster.fitted import load_discovery
     critics = load_discovery("movie_critics")
     critics.transform(["A witty, warm comedy.", "Two hours of noise."])
 

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from instruct_lf_dagster import cli, load_discovery
+from instruct_lf_dagster import cli
 from instruct_lf_dagster.assets import documents
 from instruct_lf_dagster.automation import all_batches_tags
 from instruct_lf_dagster.components import Discovery
 from instruct_lf_dagster.components.discovery import discovery_definitions
+from instruct_lf_dagster.fitted import load_discovery
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.inbox import LocalInbox, S3Inbox, batch_key
