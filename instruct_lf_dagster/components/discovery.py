@@ -1,7 +1,7 @@
 """The `Discovery` component: a discovery's YAML (`defs/<name>/defs.yaml`), resolved into a `DiscoverySpec`.
 
-The YAML's fields are the method's setting groups (`core.config`) plus the goal; their defaults and ranges are
-declared there once. Each discovery builds its own assets, checks, jobs and refit schedule from its spec.
+The YAML's fields are the method's setting groups (`core.config`) plus the goal and the curation
+(`core.curation`); their defaults and ranges are declared there once. Each discovery builds its own assets, checks, jobs and refit schedule from its spec.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from instruct_lf_dagster.core.config import (
     Truncation,
     VocabularyConfig,
 )
+from instruct_lf_dagster.core.curation import Curation
 from instruct_lf_dagster.core.discovery import NAME, DiscoveryLLM, DiscoverySpec
 from instruct_lf_dagster.core.proposals import Example, Goal, ProposalBudget
 
@@ -87,6 +88,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
     factors: Annotated[FactorConfig, _checked(FactorConfig)] = METHOD.factors
     seed: Annotated[int, _checked(int)] = METHOD.seed
     refit_cron: Annotated[str, dg.Resolver(_cron, model_field_type=str)] = DiscoverySpec.refit_cron
+    curation: Annotated[Curation, _checked(Curation)] = Curation()
 
     def spec(self) -> DiscoverySpec:
         """What the assets are built from: this YAML, resolved once."""
@@ -109,6 +111,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
             budget=self.proposal_budget,
             llm=self.llm,
             refit_cron=self.refit_cron,
+            curation=self.curation,
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -153,8 +153,25 @@ class Factors:
         """`scores` (n, m) of these factors turned so that high means "has this factor's properties"."""
         return np.asarray(scores) * self._signs
 
+    def grouped(self, oriented: np.ndarray, groups: Mapping[int, Sequence[int]]) -> np.ndarray:
+        """Oriented scores (n, m) as one column per group (shown id -> member public ids, `core.curation`): the
+        sum of its members' columns; a group of one is its factor's column as it is."""
+        row = {i: k for k, i in enumerate(self.ids)}
+        columns = [
+            np.asarray(oriented)[:, [row[i] for i in members]].sum(axis=1) for members in groups.values()
+        ]
+        return np.stack(columns, axis=1) if columns else np.zeros((len(oriented), 0))
+
+    def _groups(self, groups: Mapping[int, Sequence[int]] | None) -> Mapping[int, Sequence[int]]:
+        """`groups`, or every non-empty factor alone (no curation)."""
+        return groups if groups is not None else {self.ids[k]: [self.ids[k]] for k in self.nonempty()}
+
     def evidence(
-        self, compatibility_rows: np.ndarray, top_factors: int = 3, top_properties: int = 3
+        self,
+        compatibility_rows: np.ndarray,
+        top_factors: int = 3,
+        top_properties: int = 3,
+        groups: Mapping[int, Sequence[int]] | None = None,
     ) -> list[list[dict]]:
         """Why each document scores as it does: the factors it sits furthest along, at which end, and the
         properties that put it there.
@@ -165,38 +182,59 @@ class Factors:
         pushes furthest towards that end: properties the document matches more (high end) or less (low end) than
         the average document does, weighted by how much the factor relies on them. Returns, per document,
         [{"factor" (public id), "score" (oriented), "pole", "properties": [(property, push towards the pole)]}].
+
+        `groups` (shown id -> member public ids): rank and explain these instead, each scored as the sum of its
+        members' oriented scores and explained by all their members (a curation's merges and drops).
         """
         rows = np.atleast_2d(compatibility_rows)
         x = self.model.standardise(rows)
-        oriented = (x @ self.model.w_.T) * self._signs
-        candidates = np.array(self.nonempty(), dtype=int)
+        groups = self._groups(groups)
+        shown = list(groups)
+        row = {i: k for k, i in enumerate(self.ids)}
+        members = [[row[i] for i in groups[g]] for g in shown]
+        oriented = self.grouped((x @ self.model.w_.T) * self._signs, groups)
+        cols = [np.array([j for k in ks for j in self._members[k]]) for ks in members]
         result = []
         for i in range(len(x)):
-            best = candidates[np.argsort(-np.abs(oriented[i, candidates]), kind="stable")[:top_factors]]
+            best = np.argsort(-np.abs(oriented[i]), kind="stable")[:top_factors]
             entries = []
-            for k in best:
-                direction = 1.0 if oriented[i, k] >= 0 else -1.0
-                cols = np.array(self._members[int(k)])
-                push = x[i, cols] * self.model.w_[k, cols] * self._signs[k] * direction
+            for g in best:
+                direction = 1.0 if oriented[i, g] >= 0 else -1.0
+                # A property's push on a group: its pushes through every member factor, each turned alike.
+                push = np.sum(
+                    [
+                        x[i, cols[g]] * self.model.w_[k, cols[g]] * self._signs[k] * direction
+                        for k in members[g]
+                    ],
+                    axis=0,
+                )
                 order = np.argsort(-push, kind="stable")[:top_properties]
                 entries.append(
                     {
-                        "factor": self.ids[k],
-                        "score": float(oriented[i, k]),
+                        "factor": shown[g],
+                        "score": float(oriented[i, g]),
                         "pole": "high" if direction > 0 else "low",
-                        "properties": [(self.properties[cols[o]], float(push[o])) for o in order],
+                        "properties": [(self.properties[cols[g][o]], float(push[o])) for o in order],
                     }
                 )
             result.append(entries)
         return result
 
-    def document_table(self, compatibility_rows: np.ndarray, names: dict[int, str]) -> pd.DataFrame:
+    def document_table(
+        self,
+        compatibility_rows: np.ndarray,
+        names: dict[int, str],
+        groups: Mapping[int, Sequence[int]] | None = None,
+    ) -> pd.DataFrame:
         """Each document's row as `document_factors` stores it: `scores` (the model's, one per factor row),
         the factor it sits furthest along (`top_factor`, its public id, -1 when no factor has a member), that
-        factor's name from `names` (public id -> name), the end it sits at and the properties that put it there."""
+        factor's name from `names` (public id -> name), the end it sits at and the properties that put it there.
+        `groups`: the factors shown (see `evidence`); `scores` stay the model's."""
         rows = np.atleast_2d(compatibility_rows)
         scores = self.scores(rows).astype(np.float32)
-        top = [entries[0] if entries else None for entries in self.evidence(rows, top_factors=1)]
+        top = [
+            entries[0] if entries else None for entries in self.evidence(rows, top_factors=1, groups=groups)
+        ]
         return pd.DataFrame(
             {
                 "scores": list(scores),
