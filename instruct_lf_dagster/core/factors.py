@@ -193,7 +193,7 @@ class Factors:
         row = {i: k for k, i in enumerate(self.ids)}
         members = [[row[i] for i in groups[g]] for g in shown]
         oriented = self.grouped((x @ self.model.w_.T) * self._signs, groups)
-        cols = [np.array([j for k in ks for j in self._members[k]]) for ks in members]
+        cols = [np.array([j for k in ks for j in self._members.get(k, [])], dtype=int) for ks in members]
         result = []
         for i in range(len(x)):
             best = np.argsort(-np.abs(oriented[i]), kind="stable")[:top_factors]
