@@ -113,7 +113,23 @@ def build(d: DiscoverySpec) -> list:
             g: [rows[g].loc[rows[g]["pole"] == end, "property"].tolist() for end in ("high", "low")]
             for g in groups
         }
-        pinned = {g: d.curation.names[g] for g in groups if g in d.curation.names}
+        shown_of = {i: g for g, members in groups.items() for i in members}
+        # A seed factor's name goes to the factor its properties were put into, unless the curation names it.
+        seeded: dict[int, str] = {}
+        # Not strict: seed factors edited since the fit (latent_factors, then unsynced) are matched in order.
+        for seed, i in zip(d.method.seed_factors, latent_factors.anchored(), strict=False):
+            if i in shown_of:
+                seeded.setdefault(shown_of[i], seed.name)
+        pinned = {**seeded, **{g: d.curation.names[g] for g in groups if g in d.curation.names}}
+        frame["curated"] = pd.array(
+            [
+                ", ".join(dict.fromkeys([*filter(None, m.split(", ")), "named", "seeded"]))
+                if g in seeded
+                else m
+                for g, m in zip(frame["factor"], frame["curated"], strict=True)
+            ],
+            dtype="string",
+        )
         client = llm.client_for(d.name, d.llm, storage.response_cache())
 
         def progress(what: str):
@@ -166,7 +182,6 @@ def build(d: DiscoverySpec) -> list:
         top = [row[i] for g in list(groups)[:20] for i in groups[g]]
         column = {p: j for j, p in enumerate(latent_factors.properties)}
         columns = list(dict.fromkeys(column[p] for k in top for p, _ in latent_factors.members(k)[:3]))
-        shown_of = {i: g for g, members in groups.items() for i in members}
         table = pd.DataFrame(
             [
                 (
@@ -175,7 +190,7 @@ def build(d: DiscoverySpec) -> list:
                     theme_named.get(theme_of.get(g, -1), ""),
                     len(members[g]),
                     ends(*(end[:4] for end in poles[g])),
-                    d.curation.marker(g, groups[g]),
+                    frame.loc[frame["factor"] == g, "curated"].iloc[0],
                 )
                 for g in groups
             ],
@@ -189,7 +204,8 @@ def build(d: DiscoverySpec) -> list:
                 "names_kept": kept,
                 "named_by_llm": sum(not n.fallback for n in names),
                 "fallback_names": ", ".join(str(n.factor) for n in names if n.fallback) or "none",
-                "curation": f"{len(pinned)} names pinned, "
+                "seed_factors": ", ".join(f"{g}: {name}" for g, name in seeded.items()) or "none",
+                "curation": f"{sum(g in d.curation.names for g in groups)} names pinned, "
                 f"{len({ids[k] for k in ranked} & set(d.curation.drop))} factors dropped, "
                 f"{sum(len(m) > 1 for m in groups.values())} groups merged",
                 **{f"naming_{key}": value for key, value in (usage + theme_usage).as_metadata().items()},

@@ -19,6 +19,7 @@ from instruct_lf_dagster.core.config import (
     FactorConfig,
     LinkerConfig,
     MethodConfig,
+    SeedFactor,
     Truncation,
     VocabularyConfig,
 )
@@ -87,6 +88,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
     linker: Annotated[LinkerConfig, _checked(LinkerConfig)] = METHOD.linker
     factors: Annotated[FactorConfig, _checked(FactorConfig)] = METHOD.factors
     seed: Annotated[int, _checked(int)] = METHOD.seed
+    seed_factors: Annotated[list[SeedFactor], _checked(list[SeedFactor])] = []
     refit_cron: Annotated[str, dg.Resolver(_cron, model_field_type=str)] = DiscoverySpec.refit_cron
     curation: Annotated[Curation, _checked(Curation)] = Curation()
 
@@ -107,6 +109,7 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
                 linker=self.linker,
                 factors=self.factors,
                 seed=self.seed,
+                seed_factors=self.seed_factors,
             ),
             budget=self.proposal_budget,
             llm=self.llm,

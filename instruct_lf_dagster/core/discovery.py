@@ -91,6 +91,8 @@ class DiscoverySpec:
             "compatibility": [],
             "latent_factors": [m.factors, m.seed],
         }
+        if m.seed_factors:  # only when set: discoveries without them keep their versions
+            reads["vocabulary"].append(m.seed_factors)
         if self.curation:
             reads["factor_report"] = [self.curation]
         versions, upstream = {}, ""

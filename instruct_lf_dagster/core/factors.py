@@ -39,9 +39,11 @@ class Factors:
     model: LinearCorex
     properties: tuple[str, ...]
     ids: tuple[int, ...] = ()  # public id of each row; default: the row itself
+    anchors: tuple[tuple[str, ...], ...] = ()  # groups of properties kept in one factor each (seed factors)
 
     def __post_init__(self):
         object.__setattr__(self, "properties", tuple(self.properties))
+        object.__setattr__(self, "anchors", tuple(tuple(group) for group in self.anchors))
         object.__setattr__(self, "ids", tuple(int(i) for i in self.ids) or tuple(range(self.n_factors)))
         if len(self.ids) != self.n_factors or len(set(self.ids)) != len(self.ids):
             raise ValueError(
@@ -54,8 +56,38 @@ class Factors:
 
     @cached_property
     def assignment(self) -> np.ndarray:
-        """Factor of each property (P,); -1 for properties constant in training."""
-        return self.model.clusters()
+        """Factor of each property (P,); -1 for properties constant in training. An anchor group's properties all
+        go to one factor (`anchored`)."""
+        return self._anchoring[0]
+
+    @cached_property
+    def _anchoring(self) -> tuple[np.ndarray, list[int | None]]:
+        """(assignment, factor row of each anchor group or None).
+
+        Each group of `anchors`, in order, is put whole into the factor that shares the most mutual information
+        with its properties among those no earlier group took: the simplest way to keep a seed factor's
+        properties together after the fit (Anchored CorEx, Gallagher et al. 2017, would steer the fit itself).
+        Properties absent from `properties` or constant in training are skipped; a group with none left, or
+        beyond the factor count, is anchored nowhere.
+        """
+        labels = self.model.clusters().copy()
+        column = {p.casefold(): j for j, p in enumerate(self.properties)}
+        rows: list[int | None] = []
+        for group in self.anchors:
+            cols = [column[p.casefold()] for p in group if p.casefold() in column]
+            cols = [j for j in cols if labels[j] >= 0]
+            free = [k for k in range(self.n_factors) if k not in rows]
+            if not cols or not free:
+                rows.append(None)
+                continue
+            k = free[int(np.argmax(self.model.mis[free][:, cols].sum(axis=1)))]
+            labels[cols] = k
+            rows.append(k)
+        return labels, rows
+
+    def anchored(self) -> list[int | None]:
+        """The public id of the factor each anchor group was put into (None: anchored nowhere)."""
+        return [None if k is None else self.ids[k] for k in self._anchoring[1]]
 
     @cached_property
     def _members(self) -> dict[int, list[int]]:
@@ -287,13 +319,15 @@ class Factors:
         return w
 
     def save(self, path: str | Path) -> None:
-        """Write to the folder `path`: the model (corex.safetensors), the properties (properties.json) and the
-        public ids (ids.json)."""
+        """Write to the folder `path`: the model (corex.safetensors), the properties (properties.json), the
+        public ids (ids.json) and the anchors, if any (anchors.json)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / "corex.safetensors")
         (path / "properties.json").write_text(json.dumps(list(self.properties), ensure_ascii=False))
         (path / "ids.json").write_text(json.dumps(list(self.ids)))
+        if self.anchors:
+            (path / "anchors.json").write_text(json.dumps(self.anchors, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Factors:
@@ -301,4 +335,5 @@ class Factors:
         path = Path(path)
         properties = json.loads((path / "properties.json").read_text())
         ids = json.loads((path / "ids.json").read_text()) if (path / "ids.json").exists() else ()
-        return cls(LinearCorex.load(path / "corex.safetensors"), properties, tuple(ids))
+        anchors = json.loads((path / "anchors.json").read_text()) if (path / "anchors.json").exists() else ()
+        return cls(LinearCorex.load(path / "corex.safetensors"), properties, tuple(ids), anchors)
