@@ -493,3 +493,27 @@ def test_a_curation_applies_by_factor_id_across_a_refit_and_warns_of_ids_gone(
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "curation_ids_exist")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert "999" in check.metadata["missing"].value.split(", ")
+
+
+def test_a_seed_factor_joins_the_vocabulary_and_is_shown_as_one_named_factor(tmp_path, keyword_llm, instance):
+    keys = write_batches(tmp_path / "inbox", count=1)
+    instance.add_dynamic_partitions(batches.name, keys)
+    resources = local_resources(tmp_path)
+    seeds = [{"name": "Price", "properties": ["Cheap tickets", "Expensive seats"]}]
+    assert run(resources, instance, keys, discoveries=[discovery(seed_factors=seeds)]).success
+
+    vocabulary = resources["storage"].load_artefact("reviews__vocabulary")
+    assert {"Cheap tickets", "Expensive seats"} <= set(vocabulary.properties)  # no review proposed them
+    compatibility = table(resources, "reviews__compatibility", keys)
+    assert int(compatibility["columns"].iloc[0]) == len(
+        vocabulary
+    )  # the linker scores every document on them
+    report = table(resources, "reviews__factor_report")
+    price = report[report["property"].isin(["Cheap tickets", "Expensive seats"])]
+    assert price["factor"].nunique() == 1  # kept together
+    assert set(price["name"]) == {"Price"} and set(price["curated"]) == {"named, seeded"}
+    assert not price["named_by_llm"].any()
+    asked = [
+        m[-1]["content"] for m in keyword_llm.requests if m[0]["content"].startswith("You name the latent f")
+    ]
+    assert not any("Cheap tickets" in a or "Expensive seats" in a for a in asked)  # the LLM never named it
