@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from instruct_lf_dagster.assets.html import render
 from instruct_lf_dagster.core.corex import LinearCorex
-from instruct_lf_dagster.core.curation import Curation, curate, in_order, shown_groups
+from instruct_lf_dagster.core.curation import Curation, curate, in_order, mark_seeded, shown_groups
 from instruct_lf_dagster.core.discovery import STAGES, DiscoverySpec
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.proposals import Goal
@@ -96,6 +96,10 @@ def test_the_report_frame_drops_and_merges_and_marks_what_it_curated():
     plain = curate(factors.to_frame(), Curation(), fitted)
     pd.testing.assert_frame_equal(plain.drop(columns="curated"), factors.to_frame())
     assert set(plain["curated"]) == {""}
+    seeded = mark_seeded(frame, [11, 12])
+    assert set(seeded.loc[seeded["factor"] == 12, "curated"]) == {"named, merged, seeded"}
+    assert set(seeded.loc[seeded["factor"] == 11, "curated"]) == {"named, seeded"}
+    assert mark_seeded(frame, []).equals(frame)
     # Read back from the report: the same groups, in the fit's row order.
     assert shown_groups(frame, factors) == CURATION.groups(list(IDS))
     assert shown_groups(plain, factors) == {i: [i] for i in IDS}

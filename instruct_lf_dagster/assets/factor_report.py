@@ -8,7 +8,7 @@ import pandas as pd
 
 import instruct_lf_dagster.assets.display as display
 from instruct_lf_dagster.assets.matrix import read
-from instruct_lf_dagster.core.curation import curate
+from instruct_lf_dagster.core.curation import curate, mark_seeded
 from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.core.factors import Factors, ends
 from instruct_lf_dagster.core.naming import FactorName, name_factors
@@ -113,23 +113,15 @@ def build(d: DiscoverySpec) -> list:
             g: [rows[g].loc[rows[g]["pole"] == end, "property"].tolist() for end in ("high", "low")]
             for g in groups
         }
-        shown_of = {i: g for g, members in groups.items() for i in members}
+        shown_of = {i: g for g, part in groups.items() for i in part}
         # A seed factor's name goes to the factor its properties were put into, unless the curation names it.
         seeded: dict[int, str] = {}
         # Not strict: seed factors edited since the fit (latent_factors, then unsynced) are matched in order.
         for seed, i in zip(d.method.seed_factors, latent_factors.anchored(), strict=False):
             if i in shown_of:
                 seeded.setdefault(shown_of[i], seed.name)
+        frame = mark_seeded(frame, seeded)
         pinned = {**seeded, **{g: d.curation.names[g] for g in groups if g in d.curation.names}}
-        frame["curated"] = pd.array(
-            [
-                ", ".join(dict.fromkeys([*filter(None, m.split(", ")), "named", "seeded"]))
-                if g in seeded
-                else m
-                for g, m in zip(frame["factor"], frame["curated"], strict=True)
-            ],
-            dtype="string",
-        )
         client = llm.client_for(d.name, d.llm, storage.response_cache())
 
         def progress(what: str):

@@ -121,6 +121,17 @@ def curate(frame: pd.DataFrame, curation: Curation, fitted: Sequence[int]) -> pd
     return out.reset_index(drop=True)
 
 
+def mark_seeded(frame: pd.DataFrame, seeded: Iterable[int]) -> pd.DataFrame:
+    """`frame` (`curate`) with the factors `seeded` (shown ids that hold a seed factor and show its name)
+    marked "named" and "seeded" in `curated`."""
+    seeded = set(seeded)
+    marks = [
+        ", ".join(dict.fromkeys([*filter(None, m.split(", ")), "named", "seeded"])) if f in seeded else m
+        for f, m in zip(frame["factor"], frame["curated"], strict=True)
+    ]
+    return frame.assign(curated=pd.array(marks, dtype="string"))
+
+
 def shown_groups(report: pd.DataFrame, factors: Factors) -> dict[int, list[int]]:
     """Shown factor id -> the ids of `factors` it stands for, read back from the factor `report` written with
     them: the curation as it was applied, so that everything downstream of the report shows what it shows (a
