@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,7 @@ import pandas as pd
 
 from instruct_lf_dagster.core.compatibility import compatibility
 from instruct_lf_dagster.core.config import ComputeConfig
+from instruct_lf_dagster.core.curation import shown_groups
 from instruct_lf_dagster.core.factors import Factors, ends
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.resources.storage import Storage
@@ -32,7 +34,7 @@ SUMMARY = ["top_factor", "top_factor_name", "top_factor_pole", "evidence"]
 @dataclass(frozen=True)
 class FittedDiscovery:
     """A discovery as its last materialisation left it: `linker`, `factors` and the factor report (`report`:
-    names, descriptions, members and their ends)."""
+    names, descriptions, members and their ends, with the discovery's curation applied)."""
 
     name: str
     linker: Linker
@@ -42,14 +44,32 @@ class FittedDiscovery:
 
     @property
     def names(self) -> dict[int, str]:
-        """Public factor id -> name."""
+        """Public factor id -> name, for the factors the report shows."""
         first = self.report.sort_values("rank").drop_duplicates("factor")
         return dict(zip(first["factor"].astype(int), first["name"].astype(str), strict=True))
 
+    @cached_property
+    def groups(self) -> dict[int, list[int]]:
+        """Shown factor id -> the fitted ids it stands for: the discovery's curation as the report applied it."""
+        return shown_groups(self.report, self.factors)
+
+    def _shown(self) -> list[tuple[int, list[int]]]:
+        """(id, fitted rows) of each score column of `transform`, in the factors' row order: a factor alone, a
+        merge group at its shown id's place; dropped factors (non-empty but not in the report) left out."""
+        row = {i: k for k, i in enumerate(self.factors.ids)}
+        shown_of = {i: g for g, members in self.groups.items() for i in members}
+        nonempty = set(self.factors.nonempty())
+        return [
+            (i, [row[m] for m in self.groups.get(i, [i])])
+            for k, i in enumerate(self.factors.ids)
+            if shown_of.get(i) == i or k not in nonempty
+        ]
+
     def columns(self) -> list[str]:
-        """The score columns of `transform`, one per factor row: its name, or "factor ID" when it has none."""
+        """The score columns of `transform`, one per factor shown (and per empty factor): its name, or
+        "factor ID" when it has none."""
         names = self.names
-        return [names.get(i) or f"factor {i}" for i in self.factors.ids]
+        return [names.get(i) or f"factor {i}" for i, _ in self._shown()]
 
     def compatibility(self, texts: Sequence[str]) -> np.ndarray:
         """The texts' rows of the compatibility matrix (texts x the factors' properties)."""
@@ -59,15 +79,26 @@ class FittedDiscovery:
 
     def transform(self, texts: Sequence[str]) -> pd.DataFrame:
         """One row per text: a score column per factor (named), then the factor the text sits furthest along,
-        its name, the end it sits at and the properties that put it there, as `document_factors` stores them."""
+        its name, the end it sits at and the properties that put it there, as `document_factors` stores them.
+
+        A factor's column is the model's score, as `document_factors` stores it; a merge group's (curation) is
+        the sum of its members' scores, each turned so that high means "has its properties" (the sign of a lone
+        factor's score is the model's own; a sum needs them turned alike). Dropped factors have none."""
         if not len(texts):
             return pd.DataFrame(columns=[*self.columns(), *SUMMARY])
-        table = self.factors.document_table(self.compatibility(texts), self.names)
-        scores = pd.DataFrame(np.stack(table["scores"].to_numpy()), columns=self.columns())
+        table = self.factors.document_table(self.compatibility(texts), self.names, self.groups)
+        raw = np.stack(table["scores"].to_numpy())
+        oriented = self.factors.oriented(raw)
+        columns = [
+            raw[:, rows[0]] if len(rows) == 1 else oriented[:, rows].sum(axis=1) for _, rows in self._shown()
+        ]
+        scores = pd.DataFrame(
+            np.stack(columns, axis=1) if columns else np.zeros((len(raw), 0)), columns=self.columns()
+        )
         return pd.concat([scores, table[SUMMARY]], axis=1)
 
     def describe(self) -> str:
-        """One line per factor, largest first: id, name and its two ends."""
+        """One line per factor shown, largest first: id, name (marked when curated) and its two ends."""
         lines = []
         sizes = self.report.groupby("factor").size().sort_values(ascending=False, kind="stable")
         for factor in sizes.index:
@@ -77,7 +108,9 @@ class FittedDiscovery:
                 [p for p, e in zip(members["property"], pole, strict=True) if e == end]
                 for end in ("high", "low")
             )
-            lines.append(f"{factor:>4}  {self.names.get(int(factor), '')}: {ends(high, low)}")
+            curated = members["curated"].iloc[0] if "curated" in members else ""
+            mark = f" [curated: {curated}]" if curated else ""
+            lines.append(f"{factor:>4}  {self.names.get(int(factor), '')}{mark}: {ends(high, low)}")
         return "\n".join(lines)
 
 

@@ -184,7 +184,10 @@ def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: 
         lines.append(f"theme: {members['theme_name'].iloc[0] or 'other factors'}")
         for factor in sorted(members.index, key=lambda f: -sizes[f]):
             row = first.loc[factor]
-            flag = "" if row.get("named_by_llm", True) else " (top property: the LLM gave no name)"
+            curated = row.get("curated") or ""  # reports stored before curation have none
+            flag = f" [curated: {curated}]" if curated else ""
+            if not row.get("named_by_llm", True) and "named" not in curated:
+                flag += " (top property: the LLM gave no name)"
             lines.append(f"  factor {factor:>3}  {row.get('name', '')}{flag}  ({sizes[factor]} properties)")
             if row.get("description"):
                 lines.append(f"        {row['description']}")

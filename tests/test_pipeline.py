@@ -414,3 +414,107 @@ def test_a_run_goes_on_without_a_batch_whose_file_is_gone(tmp_path, keyword_llm,
         assert inst.get_dynamic_partitions(batches.name) == ["gone.jsonl", *map(batch_key, names)]
         report = table(resources, "movie_critics__document_factors", [batch_key(n) for n in names])
         assert len(report) == 2 * len(REVIEWS)
+
+
+def test_a_curation_applies_by_factor_id_across_a_refit_and_warns_of_ids_gone(
+    tmp_path, keyword_llm, instance
+):
+    keys = write_batches(tmp_path / "inbox", count=2)
+    instance.add_dynamic_partitions(batches.name, keys[:1])
+    resources = local_resources(tmp_path)
+    small = {"n_factors": 4, "max_iter": 300}
+    assert run(resources, instance, keys[:1], discoveries=[discovery(factors=small)]).success
+    fitted = sorted(table(resources, "reviews__factor_report")["factor"].unique())
+    assert len(fitted) >= 3, fitted
+    (first, second, third), rest = fitted[:3], fitted[3:]
+
+    # Curated after a look at the report: only the reporting stages re-run (proposals, linker, CorEx kept).
+    curation = {
+        "names": {int(first): "Pinned name"},
+        "merge": [[int(first), int(second)]],
+        "drop": [int(third)],
+    }
+    curated = discovery(factors=small, curation=curation)
+    reporting = [dg.AssetKey(curated.spec().key(s)) for s in ("factor_report", "document_factors")]
+    reporting += [dg.AssetKey(curated.spec().key(s)) for s in ("factor_prevalence", "html_report")]
+    proposals = keyword_llm.proposal_calls
+    result = run(resources, instance, keys[:1], discoveries=[curated], selection=reporting)
+    assert result.success and keyword_llm.proposal_calls == proposals
+
+    def shown(result) -> pd.DataFrame:
+        """The stored tables, checked against the curation by id, and the check's verdict."""
+        report = table(resources, "reviews__factor_report")
+        factors = resources["storage"].load_artefact("reviews__latent_factors")
+        fitted = [factors.ids[k] for k in factors.ranked()]
+        rule = curated.spec().curation
+        groups = rule.groups(fitted)  # the ids a refit lost are left out; a merge shows under its first left
+        assert set(report["factor"]) == set(groups) and third not in groups
+        for shown_id, members in groups.items():
+            rows = report[report["factor"] == shown_id]
+            assert set(rows["property"]) == {p for i in members for p in factors.membership()[i]}
+            assert set(rows["curated"]) == {rule.marker(shown_id, members)}
+            assert (set(rows["name"]) == {"Pinned name"}) == (shown_id == first)
+            assert rows["named_by_llm"].all() == (shown_id != first)
+        scored = table(resources, "reviews__document_factors", instance.get_dynamic_partitions(batches.name))
+        assert set(scored["top_factor"]) <= set(groups)  # never a dropped factor nor a merged-away member
+        assert {len(s) for s in scored["scores"]} == {factors.n_factors}  # the model's scores, untouched
+        assert set(table(resources, "reviews__factor_prevalence")["factor"]) == set(groups)
+        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "curation_ids_exist")
+        assert check.severity == dg.AssetCheckSeverity.WARN
+        assert check.passed == (rule.missing(fitted) == [])
+        assert check.metadata["missing"].value == (", ".join(map(str, rule.missing(fitted))) or "none")
+        return report
+
+    report = shown(result)
+    assert set(report["factor"]) == {first, *rest}  # the first fit has every curated id
+    page = result.asset_materializations_for_node("reviews__html_report")[0].metadata["report"].value
+    text = Path(page).read_text()
+    assert (
+        "curated: named, merged" in text and text.count('<article class="card"') == report["factor"].nunique()
+    )
+    fitted_discovery = load_discovery("reviews", resources["storage"])
+    fit = fitted_discovery.factors
+    empty = fit.n_factors - len(fit.nonempty())  # an empty factor keeps its (unnamed) score column
+    assert (
+        "Pinned name" in fitted_discovery.columns()
+        and len(fitted_discovery.columns()) == len(rest) + 1 + empty
+    )
+    assert "[curated: named, merged]" in fitted_discovery.describe()
+
+    # A second batch and a refit: the curation applies to the same ids.
+    instance.add_dynamic_partitions(batches.name, keys[1:])
+    result = run(resources, instance, keys, discoveries=[curated])
+    assert result.success
+    shown(result)
+
+    # An id the fit does not have: the check warns (WARN, listed), the run goes on.
+    gone = discovery(factors=small, curation={**curation, "drop": [int(third), 999]})
+    result = run(resources, instance, keys, discoveries=[gone], selection=reporting)
+    assert result.success
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "curation_ids_exist")
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "999" in check.metadata["missing"].value.split(", ")
+
+
+def test_a_seed_factor_joins_the_vocabulary_and_is_shown_as_one_named_factor(tmp_path, keyword_llm, instance):
+    keys = write_batches(tmp_path / "inbox", count=1)
+    instance.add_dynamic_partitions(batches.name, keys)
+    resources = local_resources(tmp_path)
+    seeds = [{"name": "Price", "properties": ["Cheap tickets", "Expensive seats"]}]
+    assert run(resources, instance, keys, discoveries=[discovery(seed_factors=seeds)]).success
+
+    vocabulary = resources["storage"].load_artefact("reviews__vocabulary")
+    assert {"Cheap tickets", "Expensive seats"} <= set(vocabulary.properties)  # no review proposed them
+    compatibility = table(resources, "reviews__compatibility", keys)
+    assert int(compatibility["columns"].iloc[0]) == len(
+        vocabulary
+    )  # the linker scores every document on them
+    report = table(resources, "reviews__factor_report")
+    price = report[report["property"].isin(["Cheap tickets", "Expensive seats"])]
+    assert price["factor"].nunique() == 1  # kept together
+    assert set(price["name"]) == {"Price"} and set(price["curated"]) == {"named, seeded"}
+    assert not price["named_by_llm"].any()
+    asked = [
+        m[-1]["content"] for m in keyword_llm.requests if m[0]["content"].startswith("You name the latent f")
+    ]
+    assert not any("Cheap tickets" in a or "Expensive seats" in a for a in asked)  # the LLM never named it

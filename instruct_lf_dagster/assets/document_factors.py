@@ -6,6 +6,7 @@ import pandas as pd
 
 import instruct_lf_dagster.assets.display as display
 from instruct_lf_dagster.assets.matrix import read
+from instruct_lf_dagster.core.curation import in_order, shown_groups
 from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.core.drift import STRONG
 from instruct_lf_dagster.core.factors import Factors
@@ -43,17 +44,23 @@ def build(d: DiscoverySpec) -> list:
         storage: Storage,
     ) -> pd.DataFrame:
         """Each document's score on every factor, the factor it sits furthest along, at which end of it
-        (`top_factor_pole`: high or low), and the properties that put it there."""
+        (`top_factor_pole`: high or low), and the properties that put it there.
+
+        `scores` are the model's, one per fitted factor; the top factor and its evidence are among the factors
+        the report shows (the discovery's curation: dropped ones never, a merge group as one factor)."""
         refuse_narrowed_backfill(context)
         table = asset_key(d, "compatibility")
         names = dict(zip(factor_report["factor"], factor_report["name"], strict=True))
+        groups = shown_groups(
+            factor_report, latent_factors
+        )  # the factors as the report shows them (curation)
         frames, all_scores = [], []
         for batch in context.partition_keys:  # one batch's matrix in memory at a time
             part = read(storage, table, batch, len(latent_factors.properties))
             if part is None:
                 continue
             ids, x = part
-            rows = latent_factors.document_table(x, names)
+            rows = latent_factors.document_table(x, names, groups)
             all_scores.append(np.stack(rows["scores"].to_numpy()))
             frames.append(rows.assign(batch=batch, document_id=ids)[COLUMNS])
         if not frames:
@@ -62,7 +69,7 @@ def build(d: DiscoverySpec) -> list:
             )
         out = pd.concat(frames, ignore_index=True)
         scores = np.concatenate(all_scores)
-        top = [latent_factors.ids[k] for k in latent_factors.ranked()[:15]]
+        top = list(in_order(groups, [latent_factors.ids[k] for k in latent_factors.ranked()]))[:15]
         shares = {
             batch: np.array([(group["top_factor"] == k).mean() for k in top])
             for batch, group in out.groupby("batch", sort=True)

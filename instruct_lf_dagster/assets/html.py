@@ -54,6 +54,8 @@ def _card(rows: pd.DataFrame, shares: Sequence[float]) -> dict:
         "name": first["name"],
         "size": len(rows),
         "named_by_llm": bool(first["named_by_llm"]),
+        "curated": first.get("curated")
+        or "",  # what the discovery's curation did to it (reports before: none)
         "description": first["description"] or "",
         # The first 8 by MI, split into the factor's two ends (a factor is a direction; `Factors.poles`).
         "high": [p for p, pole in zip(top["property"], top["pole"], strict=True) if pole == "high"],

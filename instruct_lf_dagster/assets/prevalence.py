@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 import instruct_lf_dagster.assets.display as display
+from instruct_lf_dagster.core.curation import in_order, shown_groups
 from instruct_lf_dagster.core.discovery import DiscoverySpec
 from instruct_lf_dagster.core.drift import MIN_HISTORY, STRONG, Z_LIMIT, drifted, prevalence
 from instruct_lf_dagster.core.factors import Factors
@@ -44,10 +45,15 @@ def build(d: DiscoverySpec) -> list:
         storage: Storage,
     ):
         """For each batch in arrival order, each factor's share of documents where it is strong and its mean
-        score (oriented: high means the document has the factor's properties)."""
+        score (oriented: high means the document has the factor's properties), for the factors the report shows
+        (a merge group scored as the sum of its members' oriented scores)."""
         names = dict(zip(factor_report["factor"], factor_report["name"], strict=True))
-        rows = latent_factors.ranked()
-        ids = [latent_factors.ids[k] for k in rows]
+        # The factors the report shows (the discovery's curation), strongest first.
+        groups = in_order(
+            shown_groups(factor_report, latent_factors),
+            [latent_factors.ids[k] for k in latent_factors.ranked()],
+        )
+        ids = list(groups)
         table = asset_key(d, "document_factors")
         frames, shares = [], []
         for key in context.instance.get_dynamic_partitions(batches.name):  # registration = arrival order
@@ -60,7 +66,7 @@ def build(d: DiscoverySpec) -> list:
                     f"{d.name}: batch {key} was scored by an older fit; rescore it to include it"
                 )
                 continue
-            share, mean = prevalence(latent_factors.oriented(scores)[:, rows])
+            share, mean = prevalence(latent_factors.grouped(latent_factors.oriented(scores), groups))
             shares.append(share)
             frames.append(
                 pd.DataFrame(

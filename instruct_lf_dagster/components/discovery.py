@@ -1,7 +1,7 @@
 """The `Discovery` component: a discovery's YAML (`defs/<name>/defs.yaml`), resolved into a `DiscoverySpec`.
 
-The YAML's fields are the method's setting groups (`core.config`) plus the goal; their defaults and ranges are
-declared there once. Each discovery builds its own assets, checks, jobs and refit schedule from its spec.
+The YAML's fields are the method's setting groups (`core.config`) plus the goal and the curation
+(`core.curation`); their defaults and ranges are declared there once. Each discovery builds its own assets, checks, jobs and refit schedule from its spec.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from instruct_lf_dagster.core.config import (
     FactorConfig,
     LinkerConfig,
     MethodConfig,
+    SeedFactor,
     Truncation,
     VocabularyConfig,
 )
+from instruct_lf_dagster.core.curation import Curation
 from instruct_lf_dagster.core.discovery import NAME, DiscoveryLLM, DiscoverySpec
 from instruct_lf_dagster.core.proposals import Example, Goal, ProposalBudget
 
@@ -86,7 +88,9 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
     linker: Annotated[LinkerConfig, _checked(LinkerConfig)] = METHOD.linker
     factors: Annotated[FactorConfig, _checked(FactorConfig)] = METHOD.factors
     seed: Annotated[int, _checked(int)] = METHOD.seed
+    seed_factors: Annotated[list[SeedFactor], _checked(list[SeedFactor])] = []
     refit_cron: Annotated[str, dg.Resolver(_cron, model_field_type=str)] = DiscoverySpec.refit_cron
+    curation: Annotated[Curation, _checked(Curation)] = Curation()
 
     def spec(self) -> DiscoverySpec:
         """What the assets are built from: this YAML, resolved once."""
@@ -105,10 +109,12 @@ class Discovery(dg.Component, dg.Resolvable, dg.Model):
                 linker=self.linker,
                 factors=self.factors,
                 seed=self.seed,
+                seed_factors=self.seed_factors,
             ),
             budget=self.proposal_budget,
             llm=self.llm,
             refit_cron=self.refit_cron,
+            curation=self.curation,
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

@@ -35,6 +35,8 @@ attributes:
   # linker: {{epochs: 20, batch_size: 512}}
   # factors: {{n_factors: 0, l1: 0.0}}  # 0 factors: properties / 8
   refit_cron: "{refit_cron}"
+  # After a first run, by the factor ids of the report (kept across refits):
+  # curation: {{names: {{3: "A better name"}}, drop: [7], merge: [[4, 9]]}}
 """
 
 

@@ -142,6 +142,29 @@ class ComputeConfig(Settings):
     )
 
 
+class SeedFactor(Settings):
+    """A factor asked for by name: its properties join the vocabulary (the linker scores every document on them)
+    and the fit keeps them in one factor, named `name` (`core.factors.Factors.anchors`)."""
+
+    name: str = Field(description="the factor's name, pinned: the LLM is not asked for it")
+    properties: Sequence[str] = Field(description="its properties, as the LLM would propose them")
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("a seed factor's name is empty")
+        return " ".join(name.split())
+
+    @field_validator("properties")
+    @classmethod
+    def _some(cls, properties: Sequence[str]) -> tuple[str, ...]:
+        properties = tuple(p for p in (" ".join(str(p).split()) for p in properties) if p)
+        if not properties:
+            raise ValueError("a seed factor needs at least one property")
+        return properties  # a tuple, so that the frozen settings stay hashable (the YAML gives a list)
+
+
 class MethodConfig(Settings):
     """Every setting of the method after proposal: what `InstructLF` does."""
 
@@ -150,3 +173,11 @@ class MethodConfig(Settings):
     linker: LinkerConfig = LinkerConfig()
     factors: FactorConfig = FactorConfig()
     seed: int = setting(0, description="seeds every random step")
+    seed_factors: Sequence[SeedFactor] = setting(
+        (), description="factors asked for by name, each kept together from its properties"
+    )
+
+    @field_validator("seed_factors")
+    @classmethod
+    def _seeds(cls, seeds: Sequence[SeedFactor]) -> tuple[SeedFactor, ...]:
+        return tuple(seeds)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from instruct_lf_dagster.core.config import ComputeConfig, MethodConfig, Settings
+from instruct_lf_dagster.core.curation import Curation
 from instruct_lf_dagster.core.pipeline import InstructLF
 from instruct_lf_dagster.core.proposals import Goal, ProposalBudget
 
@@ -30,8 +31,6 @@ STAGES = (
     "factor_prevalence",
     "html_report",
 )
-# The stages whose own settings go into their code version; every later stage inherits the last one's.
-_VERSIONED = STAGES[: STAGES.index("latent_factors") + 1]
 
 
 class DiscoveryLLM(Settings):
@@ -43,7 +42,8 @@ class DiscoveryLLM(Settings):
 
 @dataclass(frozen=True)
 class DiscoverySpec:
-    """What one discovery is: its name, the goal the LLM is given, its budget, its LLM and the method's settings."""
+    """What one discovery is: its name, the goal the LLM is given, its budget, its LLM, the method's settings and
+    the curation of what it found."""
 
     name: str
     goal: Goal
@@ -51,6 +51,7 @@ class DiscoverySpec:
     budget: ProposalBudget = ProposalBudget()
     llm: DiscoveryLLM = DiscoveryLLM()
     refit_cron: str = "0 3 * * 1"
+    curation: Curation = Curation()
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
@@ -78,7 +79,9 @@ class DiscoverySpec:
         """Code version of each stage: a hash of the settings it and its upstream stages read.
 
         Chained, so that an edit shows every downstream asset of this discovery as unsynced at once (Dagster
-        would otherwise flag them only after the edited stage is re-materialised).
+        would otherwise flag them only after the edited stage is re-materialised). A stage that reads nothing of
+        its own inherits its upstream's version; the curation is read from `factor_report` on, so editing it
+        re-runs only the reporting stages (and no curation leaves every version as it was before curation).
         """
         m = self.method
         reads = {
@@ -88,11 +91,17 @@ class DiscoverySpec:
             "compatibility": [],
             "latent_factors": [m.factors, m.seed],
         }
+        if m.seed_factors:  # only when set: discoveries without them keep their versions
+            reads["vocabulary"].append(m.seed_factors)
+        if self.curation:
+            reads["factor_report"] = [self.curation]
         versions, upstream = {}, ""
-        for stage in _VERSIONED:
-            blob = json.dumps([upstream, reads[stage]], default=_plain, sort_keys=True)
-            versions[stage] = upstream = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        return {stage: versions.get(stage, upstream) for stage in STAGES}
+        for stage in STAGES:
+            if stage in reads:
+                blob = json.dumps([upstream, reads[stage]], default=_plain, sort_keys=True)
+                upstream = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            versions[stage] = upstream
+        return versions
 
 
 def _plain(value: object) -> object:

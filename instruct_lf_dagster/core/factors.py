@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -39,9 +39,11 @@ class Factors:
     model: LinearCorex
     properties: tuple[str, ...]
     ids: tuple[int, ...] = ()  # public id of each row; default: the row itself
+    anchors: tuple[tuple[str, ...], ...] = ()  # groups of properties kept in one factor each (seed factors)
 
     def __post_init__(self):
         object.__setattr__(self, "properties", tuple(self.properties))
+        object.__setattr__(self, "anchors", tuple(tuple(group) for group in self.anchors))
         object.__setattr__(self, "ids", tuple(int(i) for i in self.ids) or tuple(range(self.n_factors)))
         if len(self.ids) != self.n_factors or len(set(self.ids)) != len(self.ids):
             raise ValueError(
@@ -54,8 +56,38 @@ class Factors:
 
     @cached_property
     def assignment(self) -> np.ndarray:
-        """Factor of each property (P,); -1 for properties constant in training."""
-        return self.model.clusters()
+        """Factor of each property (P,); -1 for properties constant in training. An anchor group's properties all
+        go to one factor (`anchored`)."""
+        return self._anchoring[0]
+
+    @cached_property
+    def _anchoring(self) -> tuple[np.ndarray, list[int | None]]:
+        """(assignment, factor row of each anchor group or None).
+
+        Each group of `anchors`, in order, is put whole into the factor that shares the most mutual information
+        with its properties among those no earlier group took: the simplest way to keep a seed factor's
+        properties together after the fit (Anchored CorEx, Gallagher et al. 2017, would steer the fit itself).
+        Properties absent from `properties` or constant in training are skipped; a group with none left, or
+        beyond the factor count, is anchored nowhere.
+        """
+        labels = self.model.clusters().copy()
+        column = {p.casefold(): j for j, p in enumerate(self.properties)}
+        rows: list[int | None] = []
+        for group in self.anchors:
+            cols = [column[p.casefold()] for p in group if p.casefold() in column]
+            cols = [j for j in cols if labels[j] >= 0]
+            free = [k for k in range(self.n_factors) if k not in rows]
+            if not cols or not free:
+                rows.append(None)
+                continue
+            k = free[int(np.argmax(self.model.mis[free][:, cols].sum(axis=1)))]
+            labels[cols] = k
+            rows.append(k)
+        return labels, rows
+
+    def anchored(self) -> list[int | None]:
+        """The public id of the factor each anchor group was put into (None: anchored nowhere)."""
+        return [None if k is None else self.ids[k] for k in self._anchoring[1]]
 
     @cached_property
     def _members(self) -> dict[int, list[int]]:
@@ -153,8 +185,25 @@ class Factors:
         """`scores` (n, m) of these factors turned so that high means "has this factor's properties"."""
         return np.asarray(scores) * self._signs
 
+    def grouped(self, oriented: np.ndarray, groups: Mapping[int, Sequence[int]]) -> np.ndarray:
+        """Oriented scores (n, m) as one column per group (shown id -> member public ids, `core.curation`): the
+        sum of its members' columns; a group of one is its factor's column as it is."""
+        row = {i: k for k, i in enumerate(self.ids)}
+        columns = [
+            np.asarray(oriented)[:, [row[i] for i in members]].sum(axis=1) for members in groups.values()
+        ]
+        return np.stack(columns, axis=1) if columns else np.zeros((len(oriented), 0))
+
+    def _groups(self, groups: Mapping[int, Sequence[int]] | None) -> Mapping[int, Sequence[int]]:
+        """`groups`, or every non-empty factor alone (no curation)."""
+        return groups if groups is not None else {self.ids[k]: [self.ids[k]] for k in self.nonempty()}
+
     def evidence(
-        self, compatibility_rows: np.ndarray, top_factors: int = 3, top_properties: int = 3
+        self,
+        compatibility_rows: np.ndarray,
+        top_factors: int = 3,
+        top_properties: int = 3,
+        groups: Mapping[int, Sequence[int]] | None = None,
     ) -> list[list[dict]]:
         """Why each document scores as it does: the factors it sits furthest along, at which end, and the
         properties that put it there.
@@ -165,38 +214,59 @@ class Factors:
         pushes furthest towards that end: properties the document matches more (high end) or less (low end) than
         the average document does, weighted by how much the factor relies on them. Returns, per document,
         [{"factor" (public id), "score" (oriented), "pole", "properties": [(property, push towards the pole)]}].
+
+        `groups` (shown id -> member public ids): rank and explain these instead, each scored as the sum of its
+        members' oriented scores and explained by all their members (a curation's merges and drops).
         """
         rows = np.atleast_2d(compatibility_rows)
         x = self.model.standardise(rows)
-        oriented = (x @ self.model.w_.T) * self._signs
-        candidates = np.array(self.nonempty(), dtype=int)
+        groups = self._groups(groups)
+        shown = list(groups)
+        row = {i: k for k, i in enumerate(self.ids)}
+        members = [[row[i] for i in groups[g]] for g in shown]
+        oriented = self.grouped((x @ self.model.w_.T) * self._signs, groups)
+        cols = [np.array([j for k in ks for j in self._members.get(k, [])], dtype=int) for ks in members]
         result = []
         for i in range(len(x)):
-            best = candidates[np.argsort(-np.abs(oriented[i, candidates]), kind="stable")[:top_factors]]
+            best = np.argsort(-np.abs(oriented[i]), kind="stable")[:top_factors]
             entries = []
-            for k in best:
-                direction = 1.0 if oriented[i, k] >= 0 else -1.0
-                cols = np.array(self._members[int(k)])
-                push = x[i, cols] * self.model.w_[k, cols] * self._signs[k] * direction
+            for g in best:
+                direction = 1.0 if oriented[i, g] >= 0 else -1.0
+                # A property's push on a group: its pushes through every member factor, each turned alike.
+                push = np.sum(
+                    [
+                        x[i, cols[g]] * self.model.w_[k, cols[g]] * self._signs[k] * direction
+                        for k in members[g]
+                    ],
+                    axis=0,
+                )
                 order = np.argsort(-push, kind="stable")[:top_properties]
                 entries.append(
                     {
-                        "factor": self.ids[k],
-                        "score": float(oriented[i, k]),
+                        "factor": shown[g],
+                        "score": float(oriented[i, g]),
                         "pole": "high" if direction > 0 else "low",
-                        "properties": [(self.properties[cols[o]], float(push[o])) for o in order],
+                        "properties": [(self.properties[cols[g][o]], float(push[o])) for o in order],
                     }
                 )
             result.append(entries)
         return result
 
-    def document_table(self, compatibility_rows: np.ndarray, names: dict[int, str]) -> pd.DataFrame:
+    def document_table(
+        self,
+        compatibility_rows: np.ndarray,
+        names: dict[int, str],
+        groups: Mapping[int, Sequence[int]] | None = None,
+    ) -> pd.DataFrame:
         """Each document's row as `document_factors` stores it: `scores` (the model's, one per factor row),
         the factor it sits furthest along (`top_factor`, its public id, -1 when no factor has a member), that
-        factor's name from `names` (public id -> name), the end it sits at and the properties that put it there."""
+        factor's name from `names` (public id -> name), the end it sits at and the properties that put it there.
+        `groups`: the factors shown (see `evidence`); `scores` stay the model's."""
         rows = np.atleast_2d(compatibility_rows)
         scores = self.scores(rows).astype(np.float32)
-        top = [entries[0] if entries else None for entries in self.evidence(rows, top_factors=1)]
+        top = [
+            entries[0] if entries else None for entries in self.evidence(rows, top_factors=1, groups=groups)
+        ]
         return pd.DataFrame(
             {
                 "scores": list(scores),
@@ -249,13 +319,15 @@ class Factors:
         return w
 
     def save(self, path: str | Path) -> None:
-        """Write to the folder `path`: the model (corex.safetensors), the properties (properties.json) and the
-        public ids (ids.json)."""
+        """Write to the folder `path`: the model (corex.safetensors), the properties (properties.json), the
+        public ids (ids.json) and the anchors, if any (anchors.json)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / "corex.safetensors")
         (path / "properties.json").write_text(json.dumps(list(self.properties), ensure_ascii=False))
         (path / "ids.json").write_text(json.dumps(list(self.ids)))
+        if self.anchors:
+            (path / "anchors.json").write_text(json.dumps(self.anchors, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Factors:
@@ -263,4 +335,5 @@ class Factors:
         path = Path(path)
         properties = json.loads((path / "properties.json").read_text())
         ids = json.loads((path / "ids.json").read_text()) if (path / "ids.json").exists() else ()
-        return cls(LinearCorex.load(path / "corex.safetensors"), properties, tuple(ids))
+        anchors = json.loads((path / "anchors.json").read_text()) if (path / "anchors.json").exists() else ()
+        return cls(LinearCorex.load(path / "corex.safetensors"), properties, tuple(ids), anchors)

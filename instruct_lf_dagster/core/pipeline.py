@@ -18,7 +18,7 @@ from instruct_lf_dagster.core.config import ComputeConfig, MethodConfig
 from instruct_lf_dagster.core.corex import CorexStatistics, LinearCorex
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.linker import Linker, LinkerReport
-from instruct_lf_dagster.core.proposals import Goal
+from instruct_lf_dagster.core.proposals import Goal, normalise_property
 from instruct_lf_dagster.core.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,13 @@ class InstructLF:
         """An unfitted copy with `changes` to the method's settings (see `Settings.but`), sharing the cache."""
         return InstructLF(self.config.but(**changes), compute or self.compute, self.cache)
 
+    def anchors(self) -> tuple[tuple[str, ...], ...]:
+        """The seed factors' properties as the vocabulary spells them, a group per seed factor (`Factors.anchors`)."""
+        return tuple(
+            tuple(dict.fromkeys(filter(None, map(normalise_property, seed.properties))))
+            for seed in self.config.seed_factors
+        )
+
     # -- stages -------------------------------------------------------------------------------------------------
     def _linker(self) -> Linker:
         """An untrained linker (MiniLM) with this object's encoding settings."""
@@ -76,7 +83,8 @@ class InstructLF:
         self, proposals: Sequence[Sequence[str] | None], goal: Goal | None = None
     ) -> Vocabulary:
         """Every proposed property, normalised and screened (`core.screening`: with `goal`, restatements of it
-        are kept out too); exact and near duplicates (MiniLM cosine) folded together.
+        are kept out too); exact and near duplicates (MiniLM cosine) folded together; the seed factors'
+        properties added.
 
         MiniLM is loaded only when there are at least two properties to compare.
         """
@@ -91,7 +99,7 @@ class InstructLF:
             min_count=self.config.vocabulary.min_count,
             goal=goal,
             exclude=self.config.vocabulary.exclude,
-        )
+        ).with_properties(p for group in self.anchors() for p in group)
         if not len(vocabulary):
             raise ValueError("no usable property in the proposals: nothing to discover factors from")
         return vocabulary
@@ -155,7 +163,7 @@ class InstructLF:
                 f"x of shape {np.shape(x)} does not have one column per property ({len(properties)})"
             )
         corex, warm = self._corex(np.shape(x)[0], properties, previous)
-        return Factors(corex.fit(x, warm_start=warm), properties)
+        return Factors(corex.fit(x, warm_start=warm), properties, anchors=self.anchors())
 
     def fit_factors_from_statistics(
         self, stats: CorexStatistics, properties: Sequence[str], previous: Factors | None = None
@@ -170,7 +178,7 @@ class InstructLF:
                 f"statistics of {stats.p} columns do not have one per property ({len(properties)})"
             )
         corex, warm = self._corex(stats.n, properties, previous)
-        return Factors(corex.fit_statistics(stats, warm_start=warm), properties)
+        return Factors(corex.fit_statistics(stats, warm_start=warm), properties, anchors=self.anchors())
 
     def _auto_factors(self, n_properties: int, previous: Factors | None) -> int:
         """`auto_factors`, except that a refit keeps the last fit's count while it is within a quarter of it, so

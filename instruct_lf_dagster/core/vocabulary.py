@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +107,23 @@ class Vocabulary:
             merges=merges,
             threshold=threshold if embed is not None else None,
             excluded=dict(sorted(excluded.items())),
+        )
+
+    def with_properties(self, properties: Iterable[str]) -> Vocabulary:
+        """This vocabulary with `properties` added, unscreened and with no proposal behind them (a discovery's
+        seed factors: asked for, so never dropped); one already in, ignoring case, is not added twice."""
+        known = {_key(p) for p in self.properties}
+        added = [
+            p
+            for p in dict.fromkeys(filter(None, map(normalise_property, properties)))
+            if _key(p) not in known
+        ]
+        if not added:
+            return self
+        return replace(
+            self,
+            properties=sorted([*self.properties, *dict.fromkeys(added)]),
+            counts={**self.counts, **{p: 0 for p in added}},
         )
 
     def __len__(self) -> int:
