@@ -148,8 +148,11 @@ def test_protocol_on_alfworld_fixture_is_deterministic(household_llm, capsys):
     assert first["accuracy"]["seen"]["most_frequent"] == pytest.approx(1 / 7)
     assert first["accuracy"]["unseen"]["most_frequent"] == 0.0
 
+    assert set(first["method_seconds"]) == {"instruct_lf", "lda", "bertopic", "topicgpt"}
+    assert all(t >= 0 for t in first["method_seconds"].values())
     second = run(*options)
-    first.pop("seconds"), second.pop("seconds")  # wall times differ
+    for result in (first, second):  # wall times differ
+        result.pop("seconds"), result.pop("method_seconds")
     assert second == first
 
 

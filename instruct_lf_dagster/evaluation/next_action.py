@@ -125,14 +125,16 @@ def _splits(args: argparse.Namespace) -> dict[str, list[Trajectory]]:
 
 
 def _peers(
-    names: Sequence[str], texts: dict[str, list[str]], seed: int, topicgpt: dict, client_for
+    names: Sequence[str], texts: dict[str, list[str]], seed: int, topicgpt: dict, client_for, took: dict
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Cost], dict[str, str]]:
     """Each peer's vectors per split (fitted on the training states), its LLM cost and a note; topicgpt is
-    fitted once (its calls are the costly step) and kept in `topicgpt` for later seeds."""
+    fitted once (its calls are the costly step) and kept in `topicgpt` for later seeds. `took` gets each
+    peer's seconds in the first seed."""
     from instruct_lf_dagster.evaluation import representations as rep
 
     spaces, costs, notes = {}, {}, {}
     for name in names:
+        started = time.perf_counter()
         if name == "topicgpt":
             if "space" not in topicgpt:
                 from instruct_lf_dagster.evaluation.topicgpt import TopicGPT
@@ -144,12 +146,12 @@ def _peers(
                 }
                 topicgpt["cost"], topicgpt["note"] = peer.cost, peer.describe()
             spaces[name], costs[name], notes[name] = topicgpt["space"], topicgpt["cost"], topicgpt["note"]
-            continue
-        if name == "bertopic" and not rep.bertopic_available():
+        elif name == "bertopic" and not rep.bertopic_available():
             notes[name] = "skipped: pip install 'instruct-lf-dagster[baselines]'"
-            continue
-        peer = (rep.LDA if name == "lda" else rep.BERTopicPeer)(seed=seed).fit(texts["train"])
-        spaces[name] = {split: peer.transform(rows) for split, rows in texts.items()}
+        else:
+            peer = (rep.LDA if name == "lda" else rep.BERTopicPeer)(seed=seed).fit(texts["train"])
+            spaces[name] = {split: peer.transform(rows) for split, rows in texts.items()}
+        took.setdefault(name, time.perf_counter() - started)
     return spaces, costs, notes
 
 
@@ -219,11 +221,17 @@ def main(args: argparse.Namespace) -> dict:
         return local_llm(args.settings, args.model).get_client()
 
     runs, sizes, notes = [], [], {}
+    took = {
+        "instruct_lf": seconds["proposals"]
+    }  # each method's seconds in the first seed, its calls included
     for seed in seeds:
+        fitting = time.perf_counter()
         model = InstructLF(method.but(seed=seed)).fit(proposed, proposals, corpus=texts["train"])
         compat = {name: model.compatibility(rows) for name, rows in texts.items()}
         factors = {name: model.factors_.scores(x) for name, x in compat.items()}
-        spaces, paid, notes = _peers(peers, texts, seed, topicgpt, client)
+        if seed == seeds[0]:
+            took["instruct_lf"] += time.perf_counter() - fitting
+        spaces, paid, notes = _peers(peers, texts, seed, topicgpt, client, took)
         costs.update(paid)
         runs.append(
             evaluate(
@@ -251,6 +259,7 @@ def main(args: argparse.Namespace) -> dict:
         "cost": {m: c.as_dict() for m, c in costs.items()},
         "notes": notes,
         "seconds": {phase: round(t, 1) for phase, t in seconds.items()},
+        "method_seconds": {method: round(t, 1) for method, t in took.items()},
     }
     say(
         f"next-action prediction ({args.env}): games {result['games']}, states {result['states']}; "
@@ -258,6 +267,8 @@ def main(args: argparse.Namespace) -> dict:
         f"accuracy (digits ignored), mean ± std over seeds {seeds}"
     )
     say(format_table(means, stds, notes=notes))
-    say(f"\nLLM cost (cached answers counted as first paid):\n{cost_table(list(costs), costs, {})}")
+    say(
+        f"\nLLM cost (cached answers counted as first paid):\n{cost_table(['instruct_lf', *peers], costs, took)}"
+    )
     print(json.dumps(result))
     return result
