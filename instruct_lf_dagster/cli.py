@@ -201,8 +201,10 @@ def _score(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from instruct_lf_dagster.assets.documents import BatchError
-    from instruct_lf_dagster.fitted import load_discovery, score_file, write_scores
+    from instruct_lf_dagster.fitted import OUT_SUFFIXES, load_discovery, score_file, write_scores
 
+    if args.out and not args.out.endswith(OUT_SUFFIXES):  # before minutes of scoring, not after
+        raise SystemExit(f"instruct-lf score: --out {args.out}: write {', '.join(OUT_SUFFIXES)}")
     try:
         discovery = load_discovery(args.discovery, settings=args.settings)
         scores, report = score_file(discovery, args.file, args.text_column, args.id_column)
@@ -213,7 +215,7 @@ def _score(args: argparse.Namespace) -> int:
         _say(f"{args.file}: skipped or changed: {skipped}")
     if args.out:
         _say(
-            f"{len(scores)} documents scored on {len(discovery.factors.nonempty())} factors: {write_scores(scores, args.out)}"
+            f"{len(scores)} documents scored on {len(discovery.columns())} factors: {write_scores(scores, args.out)}"
         )
     else:
         shown = scores[["document_id", "top_factor_name", "top_factor_pole", "evidence"]].head(args.show)
