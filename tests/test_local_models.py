@@ -234,11 +234,11 @@ def test_machine_key_is_stable_and_matches_the_install_script():
 def test_openai_response_formats_become_llama_grammars():
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     openai = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    assert llama._llama_response_format(openai) == {"type": "json_object", "schema": schema}
-    assert llama._llama_response_format({"type": "json_object"}) == {"type": "json_object"}
-    assert llama._llama_response_format(None) is None
+    assert llama.llama_response_format(openai) == {"type": "json_object", "schema": schema}
+    assert llama.llama_response_format({"type": "json_object"}) == {"type": "json_object"}
+    assert llama.llama_response_format(None) is None
     with pytest.raises(ValueError, match="unsupported response_format"):
-        llama._llama_response_format({"type": "xml"})
+        llama.llama_response_format({"type": "xml"})
 
 
 def test_register_is_idempotent_and_takes_the_latest_settings(tmp_path, monkeypatch):
@@ -560,7 +560,7 @@ def test_fast_grammar_sampling_picks_the_same_tokens_as_llama_cpp(litellm, home)
             SMALL, messages, home=home, threads=THREADS, response_format=RESPONSE_FORMAT, **options
         )
         theirs = reference.create_chat_completion(
-            messages, response_format=llama._llama_response_format(RESPONSE_FORMAT), **options
+            messages, response_format=llama.llama_response_format(RESPONSE_FORMAT), **options
         )
         assert ours["choices"][0]["message"]["content"] == theirs["choices"][0]["message"]["content"]
         if ours["choices"][0]["finish_reason"] == "stop":

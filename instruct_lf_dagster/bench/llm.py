@@ -13,16 +13,27 @@ read from an empty cache followed by 48 greedy tokens. seconds_per_doc is the wa
 `LLMClient.complete` per document (cache lookups, litellm, chat template, grammar sampling included), and
 ratio_to_limit = seconds_per_doc / limit_seconds_per_doc. Then the same documents are asked again through a
 new client on the same cache file: rerun_calls counts the calls that reached the model (should be 0).
+
+`--parallel N[,M]` and `--workers W` then compare layouts past one stream on twice as many documents as the
+largest layout holds (the reviews again, as other viewers' words): the single stream, N requests decoded
+together in one context (`models.slots`), and W worker processes of threads/W threads each. For each: documents
+per second, the speedup over the single stream, whether every request gave the same text whatever its companions
+(`companion_invariant`: in order, reversed, alone in a new context, among other requests of other lengths), and
+the share of answers equal to the single stream's (`same_as_single_stream`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from tabulate import tabulate
 
 from instruct_lf_dagster import models
 from instruct_lf_dagster.core.llm import LLMClient, LLMConfig, ResponseCache
@@ -103,6 +114,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="llama.cpp threads (default: INSTRUCT_LF_LLM_THREADS, or every core)",
     )
     parser.add_argument("--docs", type=int, default=8, help=f"documents to run (at most {len(DOCUMENTS)})")
+    parser.add_argument(
+        "--parallel",
+        help="also decode N requests together (slots of one context, every decode call of N tokens); several "
+        "comma-separated: one row each",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also W worker processes of threads/W threads each (0: not measured)",
+    )
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -158,5 +180,143 @@ def main(args: argparse.Namespace) -> dict:
         "ratio_to_limit": round(seconds / limits, 3),
         "rerun_calls": rerun.calls,
     }
+    if args.parallel or args.workers:
+        result |= compare_layouts(args, home, threads)
     print(json.dumps(result))
     return result
+
+
+def more_documents(n: int) -> list[str]:
+    """`n` distinct documents: the reviews, then the same reviews as other viewers' words."""
+    texts = list(DOCUMENTS)
+    viewer = 2
+    while len(texts) < n:
+        texts += [f"Viewer {viewer} wrote: {text.removeprefix('Review: ')}" for text in DOCUMENTS]
+        viewer += 1
+    return texts[:n]
+
+
+def _timed(run: Callable[..., list], *args) -> tuple[list, float]:
+    start = time.perf_counter()
+    out = run(*args)
+    return out, time.perf_counter() - start
+
+
+def _single_stream(model: str, home: Path, threads: int, documents: list[str]) -> list[str]:
+    out = []
+    for document in documents:
+        answer = models.chat(
+            model,
+            messages_for(document),
+            home=home,
+            threads=threads,
+            max_tokens=MAX_TOKENS,
+            response_format=RESPONSE_FORMAT,
+        )
+        out.append(answer["choices"][0]["message"]["content"])
+    return out
+
+
+def _slots_invariant(llm, n: int, threads: int, requests: list, texts: list[str]) -> bool:
+    """Whether every request gave `texts` (its answer in the timed run) among other companions: in reverse
+    order (other slots, cached prefixes), the first two alone in a new context (uncached, a half-empty batch), and
+    the first two among requests of other lengths."""
+    from instruct_lf_dagster.models.slots import Slots, chat_request
+
+    def ask(document: str):
+        return chat_request(
+            llm, messages_for(document), max_tokens=MAX_TOKENS, response_format=RESPONSE_FORMAT
+        )
+
+    engine = Slots(llm, n, threads)
+    try:
+        reversed_texts = [r.text for r in engine.run(requests[::-1])][::-1]
+        fresh = Slots(llm, n, threads)
+        try:
+            alone = [r.text for r in fresh.run(requests[:2])]
+        finally:
+            fresh.close()
+        others = [ask("Review: ok."), requests[0], ask("Review: " + "long and winding, " * 30), requests[1]]
+        mixed = [r.text for r in engine.run(others)]
+    finally:
+        engine.close()
+    return reversed_texts == texts and alone == texts[:2] and [mixed[1], mixed[3]] == texts[:2]
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(model: str, home: Path, threads: int, barrier) -> None:
+    quiet_openmp()
+    _WORKER.update(model=model, home=home, threads=threads)
+    _single_stream(model, home, threads, ["Review: fine."])  # load the (memory-mapped, shared) weights
+    barrier.wait()  # every worker ready before any timed document
+
+
+def _worker_answer(document: str) -> str:
+    return _single_stream(_WORKER["model"], _WORKER["home"], _WORKER["threads"], [document])[0]
+
+
+def compare_layouts(args: argparse.Namespace, home: Path, threads: int) -> dict:
+    """The table of layouts past one stream and their JSON fields (see the module's docstring)."""
+    from instruct_lf_dagster.models.slots import Slots, Steps, chat_request
+
+    sizes = [int(n) for n in str(args.parallel or "").split(",") if n.strip()]
+    documents = more_documents(2 * max([*sizes, args.workers, 6]))
+    llm = models.load(args.model, home, threads)
+    single, single_seconds = _timed(_single_stream, args.model, home, threads, documents)
+    rows = [("single stream", threads, single_seconds, True, single)]
+    for n in sizes:
+        requests = [
+            chat_request(llm, messages_for(d), max_tokens=MAX_TOKENS, response_format=RESPONSE_FORMAT)
+            for d in documents
+        ]
+        engine = Slots(llm, n, threads)
+        try:
+            engine.run(requests[:1])  # warm-up: the context's first decode calls
+            engine.steps = Steps()
+            results, seconds = _timed(engine.run, requests)
+        finally:
+            engine.close()
+        steps = engine.steps
+        print(
+            f"{n} slots: {steps.calls} decode calls of {n} tokens, {1000 * steps.seconds / steps.calls:.0f} ms "
+            f"each: {n * steps.calls / steps.seconds:.1f} tokens/s, {steps.tokens / steps.seconds:.1f} of them "
+            "answers' (the rest pad idle slots)"
+        )
+        texts = [r.text for r in results]
+        rows.append(
+            (f"{n} slots", threads, seconds, _slots_invariant(llm, n, threads, requests, texts), texts)
+        )
+    if args.workers:
+        each = max(1, threads // args.workers)
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(args.workers)
+        with context.Pool(args.workers, _worker_start, (args.model, home, each, barrier)) as pool:
+            pool.map(str, range(args.workers))  # returns once every worker is past the barrier
+            # A worker decodes each request alone, as the single stream does: companions cannot reach it.
+            texts, seconds = _timed(pool.map, _worker_answer, documents, 1)
+        rows.append((f"{args.workers} workers", f"{each} each", seconds, True, texts))
+
+    def same(texts: list[str]) -> float:
+        return sum(a == b for a, b in zip(texts, single, strict=True)) / len(single)
+
+    table = [
+        (layout, threads_, len(documents) / seconds, single_seconds / seconds, invariant, same(texts))
+        for layout, threads_, seconds, invariant, texts in rows
+    ]
+    print(f"\nlayouts over {len(documents)} documents:")
+    headers = ["layout", "threads", "docs/s", "speedup", "companion invariant", "same as single stream"]
+    print(tabulate(table, headers=headers, floatfmt=".3f"))
+    best = max(table[1:], key=lambda row: (row[4], row[2]))
+    return {
+        "layout": best[0],
+        "docs_per_second": round(best[2], 3),
+        "single_stream_docs_per_second": round(table[0][2], 3),
+        "speedup": round(best[3], 3),
+        "companion_invariant": best[4],
+        "same_as_single_stream": round(best[5], 3),
+        "layouts": {
+            row[0]: {"docs_per_second": round(row[2], 3), "speedup": round(row[3], 3)} for row in table[1:]
+        },
+    }

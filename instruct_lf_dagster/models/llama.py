@@ -175,7 +175,7 @@ def _llama_class(llama: type) -> type:
     return GreedyGrammarLlama
 
 
-def _llama_response_format(response_format: Any) -> dict | None:
+def llama_response_format(response_format: Any) -> dict | None:
     """OpenAI's response_format in llama-cpp-python's terms (a JSON schema becomes a grammar there)."""
     if response_format is None:
         return None
@@ -219,7 +219,7 @@ def chat(
                 max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
                 seed=seed,
                 stop=stop or [],
-                response_format=_llama_response_format(response_format),
+                response_format=llama_response_format(response_format),
             )
         except ValueError as error:
             if "context window" in str(error):
