@@ -5,11 +5,13 @@ Integration tests run the real embedded models (skipped when llama-cpp-python or
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from instruct_lf_dagster import models
+from instruct_lf_dagster.bench import llm as bench_llm
 from instruct_lf_dagster.bench.llm import MAX_TOKENS, RESPONSE_FORMAT, messages_for, more_documents
 from instruct_lf_dagster.models.slots import Slots, _reusable, _Slot, chat_request
 from tests.test_local_models import EMBEDDED, THREADS, home  # noqa: F401 (home: a fixture)
@@ -30,6 +32,13 @@ def test_only_whole_chunks_of_a_shared_prefix_are_reused():
 def test_the_bench_documents_are_distinct():
     documents = more_documents(40)
     assert len(set(documents)) == 40
+
+
+@pytest.mark.parametrize("parallel, workers", [("0", 0), ("4,x", 0), ("2", -1)])
+def test_the_bench_refuses_bad_layouts_before_running(parallel, workers):
+    with pytest.raises(SystemExit, match="--parallel takes slot counts of 1 or more"):
+        bench_llm._sizes(argparse.Namespace(parallel=parallel, workers=workers))
+    assert bench_llm._sizes(argparse.Namespace(parallel="2,16", workers=2)) == [2, 16]
 
 
 def _requests(llm, documents: list[str]) -> list:

@@ -129,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     quiet_openmp()  # before llama.cpp loads: this process decodes
+    sizes = _sizes(args)
     documents = DOCUMENTS[: max(1, min(args.docs, len(DOCUMENTS)))]
     model = f"{models.PROVIDER}/{args.model}"
     # args.home, args.settings: the CLI's data directory and settings.
@@ -181,7 +182,7 @@ def main(args: argparse.Namespace) -> dict:
         "rerun_calls": rerun.calls,
     }
     if args.parallel or args.workers:
-        result |= compare_layouts(args, home, threads)
+        result |= compare_layouts(args, home, threads, sizes)
     print(json.dumps(result))
     return result
 
@@ -257,11 +258,23 @@ def _worker_answer(document: str) -> str:
     return _single_stream(_WORKER["model"], _WORKER["home"], _WORKER["threads"], [document])[0]
 
 
-def compare_layouts(args: argparse.Namespace, home: Path, threads: int) -> dict:
+def _sizes(args: argparse.Namespace) -> list[int]:
+    """The slot counts of `--parallel`, checked before anything runs."""
+    try:
+        sizes = [int(n) for n in str(args.parallel or "").split(",") if n.strip()]
+    except ValueError:
+        sizes = [0]
+    if any(n < 1 for n in sizes) or args.workers < 0:
+        raise SystemExit(
+            f"--parallel takes slot counts of 1 or more (got {args.parallel!r}); --workers 0 or more"
+        )
+    return sizes
+
+
+def compare_layouts(args: argparse.Namespace, home: Path, threads: int, sizes: list[int]) -> dict:
     """The table of layouts past one stream and their JSON fields (see the module's docstring)."""
     from instruct_lf_dagster.models.slots import Slots, Steps, chat_request
 
-    sizes = [int(n) for n in str(args.parallel or "").split(",") if n.strip()]
     documents = more_documents(2 * max([*sizes, args.workers, 6]))
     llm = models.load(args.model, home, threads)
     single, single_seconds = _timed(_single_stream, args.model, home, threads, documents)
