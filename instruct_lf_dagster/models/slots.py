@@ -1,6 +1,6 @@
 """Several chat requests decoded together: one llama.cpp context with a slot (a sequence and its own KV stream)
 per request, every decode call of the same shape. Measured by `instruct-lf bench llm --parallel N`; the provider
-keeps the single stream (docs/benchmarks.md, "The embedded LLM past one stream", says why).
+keeps the single stream (docs/benchmarks.md, "Past one stream", says why).
 
 Why batch: decoding one sequence reads every weight for each token it makes; decoding N sequences in one call
 reads them once for N tokens.
