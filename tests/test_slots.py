@@ -13,7 +13,7 @@ import pytest
 from instruct_lf_dagster import models
 from instruct_lf_dagster.bench import llm as bench_llm
 from instruct_lf_dagster.bench.llm import MAX_TOKENS, RESPONSE_FORMAT, messages_for, more_documents
-from instruct_lf_dagster.models.slots import Slots, _reusable, _Slot, chat_request
+from instruct_lf_dagster.models.slots import Request, Slots, _reusable, _Slot, chat_request
 from tests.test_local_models import EMBEDDED, THREADS, home  # noqa: F401 (home: a fixture)
 
 
@@ -100,6 +100,8 @@ def test_a_prompt_too_long_is_refused_before_anything_is_decoded(home, name):  #
     try:
         with pytest.raises(models.PromptTooLongError, match="request 1: .* does not fit the context of 4096"):
             engine.run([ok, too_long])
+        with pytest.raises(ValueError, match="request 0: an empty prompt"):
+            engine.run([Request([], 8), ok])
         assert engine.run([ok])[0].tokens  # the engine still answers
     finally:
         engine.close()

@@ -94,7 +94,7 @@ class Slots:
     def __init__(self, llm: Any, slots: int, threads: int) -> None:
         import llama_cpp
 
-        self.llm, self.n = llm, slots
+        self.llm = llm
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_ctx = N_CTX * slots  # split streams: each slot gets N_CTX
         params.n_seq_max = slots
@@ -236,11 +236,16 @@ class Slots:
     def run(self, requests: list[Request]) -> list[Result]:
         """Every request's result, in order; each takes the first free slot as earlier ones finish.
 
-        Raises PromptTooLongError before decoding anything if a prompt does not fit a slot's context.
+        Raises PromptTooLongError (ValueError for an empty prompt) before decoding anything if a prompt does not
+        fit a slot's context.
         """
         import llama_cpp
 
         for index, request in enumerate(requests):
+            if not request.tokens:
+                raise ValueError(
+                    f"request {index}: an empty prompt (a chat request has at least its template)"
+                )
             if len(request.tokens) + 1 > N_CTX:
                 raise PromptTooLongError(
                     f"request {index}: the prompt ({len(request.tokens)} tokens) does not fit the context of "
