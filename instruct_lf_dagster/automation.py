@@ -64,6 +64,7 @@ def discovery_jobs(d: DiscoverySpec) -> tuple[UnresolvedAssetJobDefinition, Unre
                     "compatibility",
                     "document_factors",
                     "factor_prevalence",
+                    "judged_quality",  # answers cached: asked again only of a stored report that lacks them
                     "html_report",
                 )
             )

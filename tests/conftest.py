@@ -114,8 +114,10 @@ class KeywordLLM:
 
     @property
     def proposal_calls(self) -> int:
-        """Calls that asked for a document's properties (the others named factors)."""
-        return sum(not m[0]["content"].startswith("You name the latent ") for m in self.requests)
+        """Calls that asked for a document's properties (the others named factors or judged them)."""
+        return sum(
+            not m[0]["content"].startswith(("You name the latent ", "You judge ")) for m in self.requests
+        )
 
     def answer(self, messages):
         import json

@@ -106,3 +106,20 @@ def test_every_card_shows_in_a_real_headless_browser(tmp_path):
     cards = re.findall(r'<article class="card" data-factor="(\d+)"', dom)
     assert sorted(map(int, cards)) == [2, 4, 9]
     assert dom.count("<svg") == 3 and "Haunted &lt;stories&gt;" in dom
+
+
+def test_a_card_shows_what_the_judge_said_of_its_factor():
+    report, prevalence = tables()
+    judged = pd.DataFrame(
+        [
+            {"factor": 4, "intrusion": True, "intruder": "Car <chase>", "relevant": True},
+            {"factor": 9, "intrusion": pd.NA, "intruder": None, "relevant": False},
+        ]
+    ).astype({"intrusion": "boolean", "relevant": "boolean"})
+    page = render("films", "What makes a film good?", report, prevalence, judged)
+    cards = {f: page[page.index(f'data-factor="{f}"') :].split("</article>")[0] for f in (4, 9, 2)}
+    assert "judge: intruder found (&ldquo;Car &lt;chase&gt;&rdquo;)" in cards[4]
+    assert "relevant to the goal: yes" in cards[4]
+    assert "judge: intruder not asked" in cards[9] and "relevant to the goal: no" in cards[9]
+    assert "judge:" not in cards[2]  # not judged (e.g. a report from before the judge): no line
+    assert "judge:" not in render("films", "What makes a film good?", report, prevalence)

@@ -119,8 +119,10 @@ def test_whole_graph_then_backfill_is_idempotent(tmp_path, keyword_llm, instance
     calls = keyword_llm.calls
     assert keyword_llm.proposal_calls == 3 * len(REVIEWS)
     report = storage.read_table("reviews__factor_report")
-    # and one call naming each factor, one each theme
-    assert calls == 3 * len(REVIEWS) + report["factor"].nunique() + report["theme"].nunique()
+    # and one call naming each factor, one each theme; the judge: relevance of each factor, intrusion of each
+    # factor with 5 properties or more (5 shown and 1 planted)
+    asked = int((report.groupby("factor").size() >= 5).sum())
+    assert calls == 3 * len(REVIEWS) + 2 * report["factor"].nunique() + report["theme"].nunique() + asked
     assert (report["theme"] >= 0).all() and report["theme_name"].str.len().gt(0).all()
     assert report["named_by_llm"].all() and report["name"].str.startswith("All about ").all()
 
@@ -397,6 +399,15 @@ def test_a_refit_after_a_new_batch_keeps_its_factors_and_follows_them(tmp_path, 
     assert text.count('<article class="card"') == after["factor"].nunique()
     assert text.count('<section class="theme"') == after["theme"].nunique()
     assert "What makes a film worth watching?" in text
+    # The judge's verdicts beside each factor: one row per shown factor, on its card too.
+    judged = table(resources, "reviews__judged_quality")
+    assert sorted(judged["factor"]) == sorted(after["factor"].unique())
+    sizes = after.groupby("factor").size()
+    assert judged["intrusion"].notna().tolist() == [sizes[f] >= 5 for f in judged["factor"]]  # 5 + 1 planted
+    assert all(
+        row.intruder in row.intrusion_options for row in judged.dropna(subset="intrusion").itertuples()
+    )
+    assert text.count("judge: intruder") == after["factor"].nunique()
 
 
 def test_a_run_goes_on_without_a_batch_whose_file_is_gone(tmp_path, keyword_llm, monkeypatch):
@@ -435,7 +446,9 @@ def test_a_curation_applies_by_factor_id_across_a_refit_and_warns_of_ids_gone(
         "drop": [int(third)],
     }
     curated = discovery(factors=small, curation=curation)
-    reporting = [dg.AssetKey(curated.spec().key(s)) for s in ("factor_report", "document_factors")]
+    reporting = [
+        dg.AssetKey(curated.spec().key(s)) for s in ("factor_report", "judged_quality", "document_factors")
+    ]
     reporting += [dg.AssetKey(curated.spec().key(s)) for s in ("factor_prevalence", "html_report")]
     proposals = keyword_llm.proposal_calls
     result = run(resources, instance, keys[:1], discoveries=[curated], selection=reporting)

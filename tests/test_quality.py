@@ -11,19 +11,11 @@ import string
 import numpy as np
 import pytest
 
+from instruct_lf_dagster.core.judging import Judged, intrusion, parse_intruder, parse_relevant, relevance
 from instruct_lf_dagster.core.llm.types import Completion, Usage
 from instruct_lf_dagster.core.proposals import Goal
-from instruct_lf_dagster.evaluation.quality_protocol import (
-    Judged,
-    distinctiveness,
-    embedding_coherence,
-    intrusion,
-    judge_all,
-    parse_intruder,
-    parse_relevant,
-    relevance,
-)
-from instruct_lf_dagster.evaluation.topics import Cost, Topics
+from instruct_lf_dagster.core.topics import Cost, Topics
+from instruct_lf_dagster.evaluation.quality_protocol import distinctiveness, embedding_coherence, judge_all
 
 GOAL = Goal("Recommend movies a user will enjoy from what they said.", document_kind="dialogue")
 

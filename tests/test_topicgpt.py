@@ -14,8 +14,8 @@ import pytest
 
 from instruct_lf_dagster.core.llm import Completion, Usage
 from instruct_lf_dagster.core.proposals import Goal
+from instruct_lf_dagster.core.topics import Cost, Topics
 from instruct_lf_dagster.evaluation.topicgpt import TopicGPT, parse_topic
-from instruct_lf_dagster.evaluation.topics import Cost, Topics
 
 GOAL = Goal(text="Why do customers churn?", document_kind="support ticket")
 BILLING = ("Billing problems", "Customers charged wrongly who want a refund.")

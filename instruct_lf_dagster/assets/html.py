@@ -42,8 +42,8 @@ def sparkline(values: Sequence[float], width: int = SPARK_WIDTH, height: int = S
     return str(macro(_points(values, width, height), width, height))
 
 
-def _card(rows: pd.DataFrame, shares: Sequence[float]) -> dict:
-    """What one factor's card shows; `rows` are its properties by rank."""
+def _card(rows: pd.DataFrame, shares: Sequence[float], judged: dict | None = None) -> dict:
+    """What one factor's card shows; `rows` are its properties by rank, `judged` its `judged_quality` row."""
     first, top = rows.iloc[0], rows.head(8)
     trend = None
     if len(shares):
@@ -62,11 +62,33 @@ def _card(rows: pd.DataFrame, shares: Sequence[float]) -> dict:
         "low": [p for p, pole in zip(top["property"], top["pole"], strict=True) if pole == "low"],
         "examples": list(first["examples"])[:3],
         "trend": trend,
+        "judged": _judged(judged),
     }
 
 
-def render(discovery: str, goal: str, report: pd.DataFrame, prevalence: pd.DataFrame) -> str:
-    """The page: `report` is the factor report table, `prevalence` the factor_prevalence table."""
+def _judged(row: dict | None) -> dict | None:
+    """The judge's verdicts as the card words them (None: not judged)."""
+    if row is None:
+        return None
+    said = {True: ("found", "yes"), False: ("missed", "no")}
+    intrusion, relevant = row.get("intrusion"), row.get("relevant")
+    return {
+        "intrusion": said[bool(intrusion)][0] if pd.notna(intrusion) else "not asked",
+        "intruder": row.get("intruder") if pd.notna(row.get("intruder")) else "",
+        "relevant": said[bool(relevant)][1] if pd.notna(relevant) else "no answer",
+    }
+
+
+def render(
+    discovery: str,
+    goal: str,
+    report: pd.DataFrame,
+    prevalence: pd.DataFrame,
+    judged: pd.DataFrame | None = None,
+) -> str:
+    """The page: `report` is the factor report table, `prevalence` the factor_prevalence table, `judged` the
+    judged_quality table (None: no judge's column)."""
+    verdicts = {} if judged is None else {int(r["factor"]): r for r in judged.to_dict("records")}
     shares = {
         factor: rows.sort_values("position")["share_strong"].tolist()
         for factor, rows in prevalence.groupby("factor")
@@ -79,7 +101,7 @@ def render(discovery: str, goal: str, report: pd.DataFrame, prevalence: pd.DataF
             "id": int(theme),
             "title": members["theme_name"].iloc[0] or "Other factors",
             "cards": [
-                _card(report[report["factor"] == f].sort_values("rank"), shares.get(f, []))
+                _card(report[report["factor"] == f].sort_values("rank"), shares.get(f, []), verdicts.get(f))
                 for f in members.sort_values("size", ascending=False, kind="stable")["factor"]
             ],
         }

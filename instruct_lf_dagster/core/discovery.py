@@ -27,6 +27,7 @@ STAGES = (
     "latent_factors",
     "themes",
     "factor_report",
+    "judged_quality",
     "document_factors",
     "factor_prevalence",
     "html_report",

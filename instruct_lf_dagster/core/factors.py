@@ -64,23 +64,24 @@ class Factors:
     def _anchoring(self) -> tuple[np.ndarray, list[int | None]]:
         """(assignment, factor row of each anchor group or None).
 
-        Each group of `anchors`, in order, is put whole into the factor that shares the most mutual information
-        with its properties among those no earlier group took: the simplest way to keep a seed factor's
-        properties together after the fit (Anchored CorEx, Gallagher et al. 2017, would steer the fit itself).
-        Properties absent from `properties` or constant in training are skipped; a group with none left, or
-        beyond the factor count, is anchored nowhere.
+        Each group of `anchors`, in order, is put whole into its factor: row g for group g when the fit was
+        anchored (`LinearCorex.anchors`: the fit itself steered that row towards the group), else (fits stored
+        before anchoring) the factor that shares the most mutual information with its properties among those no
+        earlier group took. Properties absent from `properties` or constant in training are skipped; a group
+        with none left, or beyond the factor count, is anchored nowhere.
         """
         labels = self.model.clusters().copy()
         column = {p.casefold(): j for j, p in enumerate(self.properties)}
+        anchored = any(self.model.anchors)
         rows: list[int | None] = []
-        for group in self.anchors:
+        for g, group in enumerate(self.anchors):
             cols = [column[p.casefold()] for p in group if p.casefold() in column]
             cols = [j for j in cols if labels[j] >= 0]
             free = [k for k in range(self.n_factors) if k not in rows]
-            if not cols or not free:
+            if not cols or not free or (anchored and g >= self.n_factors):
                 rows.append(None)
                 continue
-            k = free[int(np.argmax(self.model.mis[free][:, cols].sum(axis=1)))]
+            k = g if anchored else free[int(np.argmax(self.model.mis[free][:, cols].sum(axis=1)))]
             labels[cols] = k
             rows.append(k)
         return labels, rows

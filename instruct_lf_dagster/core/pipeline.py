@@ -217,11 +217,17 @@ class InstructLF:
         n_factors = (
             n_factors or self.config.factors.n_factors or self._auto_factors(len(properties), previous)
         )
+        anchors = () if themes else self.anchors()
         warm = (
             previous.warm_start(properties)
-            if self.config.factors.warm_start and previous is not None and previous.n_factors == n_factors
+            if self.config.factors.warm_start
+            and previous is not None
+            and previous.n_factors == n_factors
+            and previous.anchors == anchors  # an anchored row must start where its seeds are
             else None
         )
+        column = {p.casefold(): j for j, p in enumerate(properties)}
+        groups = [[column[p.casefold()] for p in group if p.casefold() in column] for group in anchors]
         log.info(
             "Linear CorEx: %d x %d -> %d factors%s",
             n_documents,
@@ -236,6 +242,8 @@ class InstructLF:
             device=self.compute.device,
             max_iter=self.config.factors.max_iter,
             threads=self.compute.threads,
+            anchors=groups[:n_factors],
+            anchor_strength=[seed.strength for seed in self.config.seed_factors][: len(groups[:n_factors])],
         )
         return corex, warm
 

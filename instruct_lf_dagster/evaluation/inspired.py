@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from instruct_lf_dagster.core.topics import Cost
 from instruct_lf_dagster.evaluation import representations
 from instruct_lf_dagster.evaluation.inspired_data import PROPOSALS_FILE, Inspired, load_proposals
 from instruct_lf_dagster.evaluation.inspired_protocol import METHODS, PAPER, Settings, evaluate_seed, summary
@@ -24,7 +25,6 @@ from instruct_lf_dagster.evaluation.report import (
     method_settings,
     numbers,
 )
-from instruct_lf_dagster.evaluation.topics import Cost
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from instruct_lf_dagster.core.config import FactorConfig, LinkerConfig, MethodConfig
 from instruct_lf_dagster.core.llm import DEFAULT_MODEL
+from instruct_lf_dagster.core.topics import Cost
 from instruct_lf_dagster.evaluation.next_action_data import (
     TWC_TRAIN_PARAMS,
     TWC_UNSEEN_PARAMS,
@@ -55,7 +56,6 @@ from instruct_lf_dagster.evaluation.next_action_protocol import (
     proposal_sample,
     states,
 )
-from instruct_lf_dagster.evaluation.topics import Cost
 from instruct_lf_dagster.settings import Settings
 
 METHODS = ("most_frequent", "raw_embedding", "compatibility", "lda", "bertopic", "topicgpt", "instruct_lf")

@@ -34,6 +34,7 @@ import numpy as np
 
 from instruct_lf_dagster.core.config import FactorConfig, LinkerConfig, MethodConfig
 from instruct_lf_dagster.core.proposals import Example, Goal, Proposals
+from instruct_lf_dagster.core.topics import Cost
 from instruct_lf_dagster.evaluation.probe_data import BUILTINS, Builtin, read_labelled, write_builtin
 from instruct_lf_dagster.evaluation.probe_protocol import (
     FOLDS,
@@ -54,7 +55,7 @@ from instruct_lf_dagster.evaluation.report import (
     numbers,
 )
 from instruct_lf_dagster.evaluation.topicgpt import TopicGPT
-from instruct_lf_dagster.evaluation.topics import Cost, hard_assignment
+from instruct_lf_dagster.evaluation.topics import hard_assignment
 
 if TYPE_CHECKING:
     from instruct_lf_dagster.core.factors import Factors

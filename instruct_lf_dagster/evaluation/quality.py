@@ -24,7 +24,8 @@ from tabulate import tabulate
 
 from instruct_lf_dagster.core.config import LinkerConfig, MethodConfig
 from instruct_lf_dagster.core.proposals import Goal
-from instruct_lf_dagster.evaluation.topics import Cost, Topics, factor_topics
+from instruct_lf_dagster.core.topics import Cost, Topics
+from instruct_lf_dagster.evaluation.topics import factor_topics
 
 METHODS = ("instruct_lf", "lda", "bertopic", "topicgpt")
 SHOWN = 5  # topics per method printed, so a reader sees what was judged

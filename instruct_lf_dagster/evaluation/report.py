@@ -8,7 +8,7 @@ from typing import TypeVar
 import numpy as np
 from tabulate import tabulate
 
-from instruct_lf_dagster.evaluation.topics import Cost
+from instruct_lf_dagster.core.topics import Cost
 
 T = TypeVar("T")
 

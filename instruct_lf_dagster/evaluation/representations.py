@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from instruct_lf_dagster.core.encoder import load_encoder
-from instruct_lf_dagster.evaluation.topics import Cost, Topics, hard_assignment
+from instruct_lf_dagster.core.topics import Cost, Topics
+from instruct_lf_dagster.evaluation.topics import hard_assignment
 
 if TYPE_CHECKING:
     from instruct_lf_dagster.core.compatibility import EmbeddingCache

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from instruct_lf_dagster.core.proposals import Client, Goal, normalise_property
-from instruct_lf_dagster.evaluation.topics import Cost, Topics
+from instruct_lf_dagster.core.topics import Cost, Topics
 
 TOPIC_SCHEMA = {
     "type": "object",

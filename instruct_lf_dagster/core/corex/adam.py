@@ -21,14 +21,16 @@ def train_adam(
     lr: float,
     max_iter: int,
     tol: float,
+    anchor: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Adam through the stages; per stage: eps, steps and the noise-free objective + L1 it reached."""
+    """Adam through the stages; per stage: eps, steps and the noise-free objective + L1 it reached (anchored by
+    `anchor`, `objective._objective_and_grad`)."""
     (r, n), m = (data.rows.shape[0], data.n), w.shape[0]
     w.requires_grad_(True)
     adam = torch.optim.Adam([w], lr=lr)  # one optimiser through all stages, as in the scripts
 
     def total(eps: float) -> float:  # what a stage minimises, without the sampling noise
-        return float(_objective(*data.moments(w, eps)) + l1 * w.abs().sum())
+        return float(_objective(*data.moments(w, eps), anchor) + l1 * w.abs().sum())
 
     def noise() -> tuple[torch.Tensor, torch.Tensor | float]:  # eps_z, seen through `_compress`
         sample = torch.randn((r, m), generator=gen, device=w.device)
@@ -45,7 +47,7 @@ def train_adam(
         while steps < limit:
             eps_z = noise()
             with torch.enable_grad():
-                loss = _objective(*data.moments(w, eps, eps_z)) + l1 * w.abs().sum()
+                loss = _objective(*data.moments(w, eps, eps_z), anchor) + l1 * w.abs().sum()
                 adam.zero_grad(set_to_none=True)
                 loss.backward()
             adam.step()

@@ -57,6 +57,10 @@ class LinearCorex:
 
     Deterministic for a seed on a given device and thread count.
 
+    `anchors` steers the fit (Anchored CorEx, Gallagher et al. 2017): group g, a sequence of column indices,
+    anchors factor row g, which starts at the group's common direction and whose correlation with those columns
+    the objective rewards with weight `anchor_strength` (one value, or one per group; `objective._anchored`).
+
     Input must be finite (NaN or inf raise ValueError). Constant columns are allowed: they standardise to 0, take
     no part in the objective, have MI 0 with every factor and cluster -1.
     """
@@ -74,12 +78,26 @@ class LinearCorex:
         anneal: bool = True,
         threads: int | None = None,
         optimizer: str = "auto",
+        anchors: Sequence[Sequence[int]] = (),
+        anchor_strength: float | Sequence[float] = 1.0,
     ):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.n_factors, self.l1, self.seed, self.device = n_factors, l1, seed, device
         self.max_iter, self.tol, self.lr, self.anneal, self.threads = max_iter, tol, lr, anneal, threads
         self.optimizer = optimizer
+        self.anchors = [[int(j) for j in group] for group in anchors]
+        strengths = (
+            anchor_strength if isinstance(anchor_strength, Sequence) else [anchor_strength] * len(anchors)
+        )
+        self.anchor_strength = [float(a) for a in strengths]
+        if len(self.anchors) > n_factors or len(self.anchor_strength) != len(self.anchors):
+            raise ValueError(
+                f"{len(self.anchors)} anchor groups with {len(self.anchor_strength)} strengths for "
+                f"{n_factors} factors: at most one group per factor, one strength per group"
+            )
+        if any(a < 0 for a in self.anchor_strength):
+            raise ValueError(f"anchor strengths must be >= 0, got {self.anchor_strength}")
 
     # -- data ---------------------------------------------------------------------------------------------------
     def standardise(self, x: np.ndarray) -> np.ndarray:
@@ -104,7 +122,14 @@ class LinearCorex:
                 "(align columns by property with Factors.warm_start)",
                 stacklevel=4,
             )
-        return torch.randn(shape, generator=gen, device=self.device) / math.sqrt(p), False
+        w = torch.randn(shape, generator=gen, device=self.device) / math.sqrt(p)
+        for row, group in enumerate(
+            self.anchors
+        ):  # an anchored factor starts at its group's common direction
+            if group:
+                w[row] = 0.1 * w[row]
+                w[row, group] += 1 / math.sqrt(len(group))
+        return w, False
 
     # -- fitting ------------------------------------------------------------------------------------------------
     def fit(self, x: np.ndarray, warm_start: LinearCorex | np.ndarray | None = None) -> LinearCorex:
@@ -147,21 +172,32 @@ class LinearCorex:
             cov = torch.from_numpy(stats.correlation()).to(self.device)
             return self._fit(_Data.of_covariance(cov, stats.n), warm_start)
 
+    def _anchor(self, p: int) -> torch.Tensor | None:
+        """The (m, P) anchor strengths of `anchors`, or None without any."""
+        if not any(self.anchors):
+            return None
+        if max(max(group, default=0) for group in self.anchors) >= p:
+            raise ValueError(f"an anchor column is out of range for {p} columns: {self.anchors}")
+        anchor = torch.zeros((self.n_factors, p), device=self.device)
+        for row, (group, strength) in enumerate(zip(self.anchors, self.anchor_strength, strict=True)):
+            anchor[row, group] = strength
+        return anchor
+
     def _chosen_optimizer(self) -> str:
         return ("adam" if self.l1 > 0 else "lbfgs") if self.optimizer == "auto" else self.optimizer
 
     def _fit(self, data: _Data, warm_start: LinearCorex | np.ndarray | None) -> LinearCorex:
         """The fit proper, on standardised data (within `_threads` and `no_grad`); sets every result."""
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        anchor = self._anchor(data.x_sq.shape[0])
         w, warm = self._init_weights(warm_start, data.x_sq.shape[0], gen)
         schedule = ANNEAL if self.anneal and not warm else (0.0,)
         self.optimizer_ = self._chosen_optimizer()
+        kw = {"l1": self.l1, "max_iter": self.max_iter, "tol": self.tol, "anchor": anchor}
         if self.optimizer_ == "adam":
-            self.history_ = train_adam(
-                data, w, schedule, gen, l1=self.l1, lr=self.lr, max_iter=self.max_iter, tol=self.tol
-            )
+            self.history_ = train_adam(data, w, schedule, gen, lr=self.lr, **kw)
         else:
-            self.history_ = train_lbfgs(data, w, schedule, l1=self.l1, max_iter=self.max_iter, tol=self.tol)
+            self.history_ = train_lbfgs(data, w, schedule, **kw)
         zx, zz, _ = data.moments(w)
         self.objective_ = float(_objective(zx, zz, data.x_sq))
         r = (zx / torch.diagonal(zz).sqrt()[:, None]).clamp(-1 + 1e-7, 1 - 1e-7)
@@ -202,6 +238,8 @@ class LinearCorex:
         "anneal",
         "threads",
         "optimizer",
+        "anchors",
+        "anchor_strength",
     )
     _RESULTS = ("objective_", "n_iter_", "history_", "optimizer_")
 

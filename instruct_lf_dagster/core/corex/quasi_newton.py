@@ -55,14 +55,21 @@ class _QuasiNewton:
     only slightly.
     """
 
-    def __init__(self, data: _Data, w: torch.Tensor, l1: float, memory: int = MEMORY):
-        self.data, self.w, self.l1 = data, w, l1
+    def __init__(
+        self,
+        data: _Data,
+        w: torch.Tensor,
+        l1: float,
+        anchor: torch.Tensor | None = None,
+        memory: int = MEMORY,
+    ):
+        self.data, self.w, self.l1, self.anchor = data, w, l1, anchor
         self.w_cov = data.times_cov(w)
         # curvature pairs: the step s, s C, the change of B and its C product
         self.pairs: deque[tuple[torch.Tensor, ...]] = deque(maxlen=memory)
 
     def _point(self, w: torch.Tensor, w_cov: torch.Tensor, eps: float) -> _Point:
-        value, pre = self.data.value_and_preimage(w, w_cov, eps)
+        value, pre = self.data.value_and_preimage(w, w_cov, eps, self.anchor)
         total = float(value) + self.l1 * float(w.abs().sum()) if self.l1 else float(value)
         return _Point(w, w_cov, total, pre)
 
@@ -179,10 +186,18 @@ class _QuasiNewton:
 
 
 def train_lbfgs(
-    data: _Data, w: torch.Tensor, schedule, *, l1: float, max_iter: int, tol: float
+    data: _Data,
+    w: torch.Tensor,
+    schedule,
+    *,
+    l1: float,
+    max_iter: int,
+    tol: float,
+    anchor: torch.Tensor | None = None,
 ) -> list[dict]:
-    """`_QuasiNewton` through the stages; per stage: eps, steps and the noise-free objective + L1 it reached."""
-    solver = _QuasiNewton(data, w, l1)
+    """`_QuasiNewton` through the stages; per stage: eps, steps and the noise-free objective + L1 it reached
+    (anchored by `anchor`, `objective._objective_and_grad`)."""
+    solver = _QuasiNewton(data, w, l1, anchor)
     history = []
     for eps in schedule:
         limit = ANNEAL_QN_STEPS if eps > 0 else max_iter
