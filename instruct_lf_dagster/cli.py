@@ -101,8 +101,9 @@ def _run(args: argparse.Namespace) -> int:
     for name in [] if outcome.failed_steps else outcome.names:
         print(f"\n{name}: latent factors by theme (largest first, most informative properties first):")
         print(run.format_factors(run.factor_table(args.settings, name)))
-        if run.changes(inst, name):
-            print(run.changes(inst, name))
+        for line in (run.changes(inst, name), run.judged(inst, name)):
+            if line:
+                print(line)
         page = run.latest_metadata(inst, name, "html_report").get("report")
         if page:
             print(f"Report: {page}")

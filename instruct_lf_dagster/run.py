@@ -169,6 +169,20 @@ def changes(inst: dg.DagsterInstance, discovery: str) -> str:
     )
 
 
+def judged(inst: dg.DagsterInstance, discovery: str) -> str:
+    """What the judge said of the latest report's factors (one line), or '' before any judging."""
+    meta = latest_metadata(inst, discovery, "judged_quality")
+    if "intrusion_asked" not in meta:
+        return ""
+    found, relevant = meta["intrusion_accuracy"], meta["relevance"]
+    return (
+        f"Judged by {meta['judge']}: the planted property found in "
+        f"{'n/a' if found != found else f'{found:.0%}'} of {meta['intrusion_asked']} factors asked, "
+        f"{'n/a' if relevant != relevant else f'{relevant:.0%}'} judged relevant to the goal "
+        "(per factor: the judged_quality table and the HTML report)"
+    )
+
+
 def format_factors(report: pd.DataFrame, top_factors: int = 10, top_properties: int = 5) -> str:
     """Factors as text, grouped by theme (largest first): each with its name, one sentence and its most
     informative properties as its two ends ("witty humor, gag humor / lack of humor"). The `top_factors` largest

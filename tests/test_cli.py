@@ -122,3 +122,22 @@ def test_a_factor_with_two_ends_is_printed_high_then_low():
     ]
     report = pd.DataFrame(rows, columns=["factor", "rank", "property", "pole"]).assign(name="Humor")
     assert "        Witty humor, Gag humor / Lack of humor" in format_factors(report).splitlines()
+
+
+def test_the_judge_s_verdicts_are_one_line_after_the_factors():
+    import dagster as dg
+
+    from instruct_lf_dagster.run import judged
+
+    with dg.DagsterInstance.ephemeral() as inst:
+        assert judged(inst, "films") == ""  # nothing judged yet
+        meta = {
+            "intrusion_accuracy": 0.25,
+            "intrusion_asked": 8,
+            "relevance": float("nan"),
+            "judge": "llamacpp/x",
+        }
+        inst.report_runless_asset_event(dg.AssetMaterialization(["films", "judged_quality"], metadata=meta))
+        line = judged(inst, "films")
+    assert "Judged by llamacpp/x: the planted property found in 25% of 8 factors asked" in line
+    assert "n/a judged relevant" in line

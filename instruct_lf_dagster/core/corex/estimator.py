@@ -123,9 +123,8 @@ class LinearCorex:
                 stacklevel=4,
             )
         w = torch.randn(shape, generator=gen, device=self.device) / math.sqrt(p)
-        for row, group in enumerate(
-            self.anchors
-        ):  # an anchored factor starts at its group's common direction
+        # An anchored factor starts at its group's common direction, where the anchor reward holds it.
+        for row, group in enumerate(self.anchors):
             if group:
                 w[row] = 0.1 * w[row]
                 w[row, group] += 1 / math.sqrt(len(group))
