@@ -144,7 +144,7 @@ class ComputeConfig(Settings):
 
 class SeedFactor(Settings):
     """A factor asked for by name: its properties join the vocabulary (the linker scores every document on them)
-    and anchor one factor of the fit (Anchored CorEx, `core.corex.objective._objective_and_grad`), named `name`.
+    and anchor one factor of the fit (Anchored CorEx, `core.corex.objective._anchored`), named `name`.
 
     The strength, chosen on a planted corpus (tests/test_corex_anchors.py, six seeds): at 1 the anchored factor
     holds a weak group, with or without a stray property of another factor, in every fit; at 0.5 in 5 of 6 with
