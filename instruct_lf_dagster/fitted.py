@@ -120,10 +120,12 @@ def load_discovery(
     """The fitted discovery `name` from `storage` (default: the environment's, local or S3, as `instruct-lf run`
     uses it). Raises LookupError when its linker, factors or report was never materialised."""
     if storage is None:
-        from instruct_lf_dagster.definitions import build_definitions
-
-        with warnings.catch_warnings():  # beta and preview APIs the project uses; not the notebook's concern
+        # Beta and preview APIs the project uses, warned of as the definitions are imported and built: not the
+        # notebook's concern.
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".* is currently in (beta|preview)")
+            from instruct_lf_dagster.definitions import build_definitions
+
             defs = build_definitions(settings=settings or Settings.from_env())
         with dg.build_resources({"storage": defs.resources["storage"]}) as resources:
             return load_discovery(name, resources.storage)

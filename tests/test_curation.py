@@ -3,6 +3,8 @@ documents' top factors, the code versions, the HTML page and the command line.""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -175,3 +177,19 @@ def test_the_page_and_the_command_line_mark_curated_factors():
     text = format_factors(report())
     assert "factor  12  Feel-good films [curated: named, merged]  (2 properties)" in text
     assert "Pace  (1 properties)" in text and "gave no name" not in text
+
+
+def test_a_notebook_s_load_discovery_shows_no_dagster_beta_warning(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; import dagster as dg\n"
+        "for kind in (UserWarning, dg.BetaWarning, dg.PreviewWarning): warnings.simplefilter('error', kind)\n"
+        "from instruct_lf_dagster.fitted import load_discovery\n"
+        "try:\n    load_discovery('films')\nexcept LookupError as e:\n    print('LookupError:', e)\n"
+    )
+    env = {**os.environ, "INSTRUCT_LF_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]  # a warning a notebook shows is raised as an error here
+    assert "LookupError: discovery 'films' has no linker, latent_factors, factor_report" in done.stdout
