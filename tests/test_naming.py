@@ -138,6 +138,7 @@ def answer(name, description="Tickets about money."):
         ("Customers churn because of why they churn.", "restates the goal"),
         ("This factor captures billing trouble.", "speaks of the factor"),
         ("A latent factor found in support tickets.", "speaks of the factor"),
+        ("The most typical first: Double charges; Refund delays", "copies the list"),
     ],
 )
 def test_a_description_that_says_little_is_asked_again_with_the_reason_and_the_retry_is_used(
@@ -155,6 +156,13 @@ def test_a_retry_that_says_little_again_keeps_the_name_without_its_sentence():
     client = ScriptedClient([answer("Billing trouble", "This factor captures it.")] * 2)
     names, _ = name_factors(client, GOAL, {3: ["Double charges"]}, {})
     assert names == [FactorName(3, "Billing trouble", "")] and len(client.requests) == 2
+
+
+def test_a_name_whose_two_ends_are_one_word_is_asked_again():
+    client = ScriptedClient([answer("Billing vs. billing"), answer("Charged vs refunded")])
+    names, _ = name_factors(client, GOAL, {3: ["Double charges"]}, {}, low={3: ["Quick refunds"]})
+    assert names == [FactorName(3, "Charged vs refunded", "Tickets about money.")]
+    assert "gives both ends the same word" in client.requests[1][1]["content"]
 
 
 def test_a_name_that_restates_the_goal_twice_falls_back_to_the_top_property():

@@ -26,6 +26,8 @@ RESTATED = 2 / 3  # share of the goal's content words a description may not repe
 _META = re.compile(
     r"\b(?:this|the|a|latent)\s+(?:factor|theme)s?\b|\bcaptur(?:e|es|ed|ing)\b|\blatent\b", re.I
 )
+_ECHO = re.compile(r"\bmost typical\b", re.I)  # the prompt's own words, copied instead of a sentence
+_SIDES = re.compile(r"\s+(?:vs\.?|versus)\s+", re.I)  # "Humor vs. Seriousness": a name with two ends
 KEEP_NAME = (
     0.5  # a refit's factor keeps its name while its members overlap its earlier ones this much (Jaccard)
 )
@@ -107,16 +109,23 @@ def refusal(name: str, description: str, goal: Goal, taken: Sequence[str] = ()) 
     """Why a parsed answer says little, as (what is at fault: "name" or "description", the reason), or None.
 
     The name is refused when it only restates the goal or the document kind (`core.screening.restates`) or is
-    one of `taken` (a theme's factors' names). The description is refused when it speaks of the factor rather
-    than the documents ("this factor", "latent", "captures"), restates the goal (holds `RESTATED` of the goal's
-    content words) or names the document kind in full (a kind of two words or more: every document is one).
+    one of `taken` (a theme's factors' names), or when its two ends are one ("Aesthetics vs. Aesthetics"). The
+    description is refused when it speaks of the factor rather than the documents ("this factor", "latent",
+    "captures"), copies the prompt's list ("The most typical first: ..."), restates the goal (holds `RESTATED` of
+    the goal's content words) or names the document kind in full (a kind of two words or more: every document is
+    one).
     """
     if restates(name, goal):
         return "name", f'the name "{name}" only restates the goal'
     if name.casefold() in {t.casefold() for t in taken}:
         return "name", f'the name "{name}" is already a factor\'s name'
+    sides = [side.strip(" .").casefold() for side in _SIDES.split(name)]
+    if len(sides) == 2 and sides[0] == sides[1]:
+        return "name", f'the name "{name}" gives both ends the same word'
     if _META.search(description):
         return "description", "the description speaks of the factor instead of the documents"
+    if _ECHO.search(description):
+        return "description", "the description copies the list instead of saying what the documents share"
     words, goal_words, kind = (
         content_words(description),
         content_words(goal.text),
