@@ -45,7 +45,7 @@ def test_each_shown_factor_gets_one_verdict_row_in_report_order():
     judge = FakeJudge(spotter)
     intruded = intrusion(topics, judge, GOAL, n=len(ids), top=TOP, seed=0)
     relevant = relevance(topics, judge, GOAL, n=len(ids), top=TOP)
-    table = judgements(report(), intruded, relevant)
+    table = judgements(ids, topics, intruded, relevant)
     assert list(table.columns) == list(COLUMNS) and table["factor"].tolist() == [7, 3, 5]
     assert table["intrusion"].tolist()[:2] == [True, True]  # the planted property was found
     assert pd.isna(table["intrusion"].iloc[2])  # two properties: too few to hide one among
@@ -60,9 +60,17 @@ def test_an_unusable_answer_is_no_verdict_not_a_wrong_one():
     ids, topics = factor_topics(report())
     judge = FakeJudge(lambda system, user: "I cannot tell.")
     table = judgements(
-        report(),
+        ids,
+        topics,
         intrusion(topics, judge, GOAL, n=len(ids), top=TOP),
         relevance(topics, judge, GOAL, n=len(ids), top=TOP),
     )
     assert table["intrusion"].isna().all() and table["relevant"].isna().all()
     assert (table["relevance_answer"] == "I cannot tell.").all()
+
+
+def test_a_report_without_factors_gives_an_empty_table_and_asks_nothing():
+    ids, topics = factor_topics(report().iloc[0:0])
+    judge = FakeJudge(spotter)
+    table = judgements(ids, topics, intrusion(topics, judge, GOAL, n=0), relevance(topics, judge, GOAL, n=0))
+    assert ids == [] and len(table) == 0 and list(table.columns) == list(COLUMNS) and judge.calls == 0

@@ -34,9 +34,9 @@ def factor_topics(report: pd.DataFrame) -> tuple[list[int], Topics]:
     return ids, Topics(names, members)
 
 
-def judgements(report: pd.DataFrame, intruded: Judged, relevant: Judged) -> pd.DataFrame:
-    """One row per shown factor with what the judge said of it (`COLUMNS`)."""
-    ids, topics = factor_topics(report)
+def judgements(ids: list[int], topics: Topics, intruded: Judged, relevant: Judged) -> pd.DataFrame:
+    """One row per shown factor (`ids`, `topics` from `factor_topics`) with what the judge said of it
+    (`COLUMNS`)."""
     by_intrusion = {d["topic"]: d for d in intruded.details}
     by_relevance = {d["topic"]: d for d in relevant.details}
     rows = []
@@ -80,7 +80,7 @@ def build(d: DiscoverySpec) -> list:
         n, seed = len(ids), d.method.seed
         intruded = intrusion(topics, client, d.goal, n=n, top=TOP, seed=seed)
         relevant = relevance(topics, client, d.goal, n=n, top=TOP)
-        table = judgements(factor_report, intruded, relevant)
+        table = judgements(ids, topics, intruded, relevant)
         context.log.info(
             f"{d.name}/judged_quality: intruder found for {int(table['intrusion'].sum())} of "
             f"{int(table['intrusion'].notna().sum())} factors, {int(table['relevant'].sum())} of {n} relevant"
