@@ -31,3 +31,49 @@ def test_in_process_by_default_and_no_ray_needed():
 def test_a_bad_address_is_refused_naming_it(address):
     with pytest.raises(ConnectionError, match=address.replace(".", r"\.")):
         distributed.reachable(address)
+
+
+class FlakyRay:
+    """Ray's init/shutdown as a Ray Client connection sees them: the first `refusals` inits are refused by the
+    head (it could not start the client's server), or fail with `error` on every try."""
+
+    def __init__(self, refusals: int = 0, error: Exception | None = None) -> None:
+        self.refusals, self.error, self.calls = refusals, error, []
+
+    def init(self, address: str, **options) -> None:
+        self.calls.append("init")
+        if self.error is not None:
+            raise self.error
+        if self.calls.count("init") <= self.refusals:
+            raise ConnectionAbortedError(
+                "Initialization failure from server: Starting Ray client server failed."
+            )
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+
+
+@pytest.fixture
+def no_wait(monkeypatch):
+    monkeypatch.setattr(distributed.time, "sleep", lambda seconds: None)
+
+
+def test_a_refused_ray_client_start_is_tried_again_and_each_failure_is_cleaned_up(no_wait):
+    ray = FlakyRay(refusals=1)
+    distributed._init(ray, "ray://head:10001", {})
+    assert ray.calls == ["init", "shutdown", "init"]
+
+
+def test_a_head_that_keeps_refusing_fails_naming_the_address_and_the_tries(no_wait):
+    ray = FlakyRay(refusals=distributed.CONNECT_ATTEMPTS)
+    with pytest.raises(ConnectionError, match=rf"ray://head:10001' \({distributed.CONNECT_ATTEMPTS} tries\)"):
+        distributed._init(ray, "ray://head:10001", {})
+    # every failed init is followed by a shutdown: the process is left able to connect again
+    assert ray.calls == ["init", "shutdown"] * distributed.CONNECT_ATTEMPTS
+
+
+def test_an_error_that_will_not_heal_is_not_tried_again(no_wait):
+    ray = FlakyRay(error=RuntimeError("version mismatch: the cluster runs Ray 2.9"))
+    with pytest.raises(ConnectionError, match="head:6379.*version mismatch"):
+        distributed._init(ray, "head:6379", {})
+    assert ray.calls == ["init", "shutdown"]

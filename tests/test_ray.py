@@ -18,6 +18,7 @@ import pytest
 from instruct_lf_dagster.assets.matrix import read
 from instruct_lf_dagster.core.linker import Linker
 from instruct_lf_dagster.partitions import batches
+from instruct_lf_dagster.resources import distributed
 from instruct_lf_dagster.resources.compute import ComputeResource
 from instruct_lf_dagster.resources.inbox import LocalInbox
 from tests.conftest import _free_port
@@ -129,6 +130,20 @@ def test_a_killed_encoder_actor_is_replaced_and_no_document_is_lost(ray_cluster)
         killer.join()
         compute.disconnect()
     assert killed, "no encoder actor was seen to kill"
+    np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
+
+
+def test_a_failed_ray_client_connection_leaves_the_process_able_to_connect(ray_cluster):
+    wrong = "ray://" + ray_cluster[0]  # the cluster's own port, not its Ray Client port
+    with pytest.raises(ConnectionError, match="Ray Client port"):
+        distributed.connect(wrong, 2)
+    texts = [f"film {i}" for i in range(40)]
+    linker = Linker()
+    compute = ComputeResource(device="cpu", ray_address=ray_cluster[0])
+    try:
+        vectors = compute.document_encoder(linker)(texts)
+    finally:
+        compute.disconnect()
     np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
 
 

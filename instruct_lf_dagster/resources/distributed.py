@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 ROWS_PER_CALL = 256  # documents per actor call: spreads a batch over the pool, amortises the call
 # Seconds to reach the cluster's port before giving up: ray.init itself retries an absent cluster for minutes.
 CONNECT_TIMEOUT = 10.0
+# Ray Client tries: the head starts a server process per client, and that start can fail once on a busy head.
+CONNECT_ATTEMPTS = 3
 
 ReadRows = Callable[[str], "np.ndarray | None"]  # a batch key -> its compatibility rows (None: no rows)
 
@@ -46,16 +49,35 @@ def connect(address: str, cpus: int) -> bool:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
     else:
         reachable(address)
-        try:
-            ray.init(address=address, **quiet)
-        except Exception as error:  # Ray raises several kinds (ConnectionError, RuntimeError, gRPC errors)
-            raise ConnectionError(f"cannot connect to the Ray cluster at {address!r}: {error}") from error
+        _init(ray, address, quiet)
     from ray.data import DataContext
 
     # Progress goes to the run's log (see `encode`); Ray Data's own bars and info lines would bury it.
     DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     return True
+
+
+def _init(ray, address: str, options: dict) -> None:
+    """`ray.init(address)`, tried again after a refused Ray Client start; the error names the address."""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **options)
+            return
+        except Exception as error:  # Ray raises several kinds (ConnectionError, RuntimeError, gRPC errors)
+            # A failed Ray Client init leaves client mode on, and every later ray.init in this process would fail.
+            ray.shutdown()
+            # ConnectionAbortedError: the head could not start this client's server; anything else will not heal.
+            if attempt == CONNECT_ATTEMPTS or not isinstance(error, ConnectionAbortedError):
+                tries = f" ({attempt} tries)" if attempt > 1 else ""
+                hint = ""
+                if address.startswith("ray://") and "timeout" in str(error):
+                    hint = " (a ray:// address names the head's Ray Client port, 10001 unless set otherwise)"
+                raise ConnectionError(
+                    f"cannot connect to the Ray cluster at {address!r}{tries}: {error}{hint}"
+                ) from error
+            log.warning("ray: the cluster at %s refused the connection (%s); trying again", address, error)
+            time.sleep(2.0 * attempt)
 
 
 def reachable(address: str) -> None:
