@@ -28,14 +28,12 @@ DISCOVERY_TAG = "instruct_lf/discovery"
 documents_job = dg.define_asset_job(
     "read_documents",
     selection=dg.AssetSelection.assets(DOCUMENTS),
-    partitions_def=batches,
     description="Read new batch files into documents (shared by every discovery).",
 )
 # `instruct-lf run`: documents and every discovery's assets, every batch, one run.
 all_discoveries_job = dg.define_asset_job(
     "all_discoveries",
     selection=dg.AssetSelection.all(),
-    partitions_def=batches,
     description="Documents and every discovery, refitted on every batch, in one run.",
 )
 
@@ -50,7 +48,6 @@ def discovery_jobs(d: DiscoverySpec) -> tuple[UnresolvedAssetJobDefinition, Unre
     refit = dg.define_asset_job(
         f"{d.name}_discovery",
         selection=dg.AssetSelection.groups(d.name),
-        partitions_def=batches,
         tags={DISCOVERY_TAG: d.name},
         description=f"{d.name}: vocabulary, linker and factors refitted on every batch, then every batch rescored.",
     )
@@ -69,7 +66,6 @@ def discovery_jobs(d: DiscoverySpec) -> tuple[UnresolvedAssetJobDefinition, Unre
                 )
             )
         ),
-        partitions_def=batches,
         tags={DISCOVERY_TAG: d.name},
         description=f"{d.name}: proposals, compatibility and factor scores of new batches with the current factors; "
         "then the prevalence over every batch (drift check) and the HTML report.",
