@@ -119,11 +119,16 @@ def test_whole_graph_then_backfill_is_idempotent(tmp_path, keyword_llm, instance
     calls = keyword_llm.calls
     assert keyword_llm.proposal_calls == 3 * len(REVIEWS)
     report = storage.read_table("reviews__factor_report")
-    # and one call naming each factor, one each theme; the judge: relevance of each factor, intrusion of each
-    # factor with 5 properties or more (5 shown and 1 planted)
+    # and one call naming each factor, one each theme of two factors or more (a theme of one factor takes its
+    # name); the judge: relevance of each factor, intrusion of each factor with 5 properties or more (5 shown
+    # and 1 planted)
     asked = int((report.groupby("factor").size() >= 5).sum())
-    assert calls == 3 * len(REVIEWS) + 2 * report["factor"].nunique() + report["theme"].nunique() + asked
+    factors_of = report.groupby("theme")["factor"].nunique()
+    themes_asked = int((factors_of > 1).sum())
+    assert calls == 3 * len(REVIEWS) + 2 * report["factor"].nunique() + themes_asked + asked
     assert (report["theme"] >= 0).all() and report["theme_name"].str.len().gt(0).all()
+    single = report[report["theme"].isin(factors_of[factors_of == 1].index)]
+    assert (single["theme_name"] == single["name"]).all()
     assert report["named_by_llm"].all() and report["name"].str.startswith("All about ").all()
 
     # Backfill one batch again: same rows, no new LLM call.

@@ -151,15 +151,17 @@ def build(d: DiscoverySpec) -> list:
             )
             for t in themes.nonempty()
         }
+        # A theme of one factor is that factor: it takes the factor's name, and no call is made for it.
         theme_names, theme_usage = name_factors(
             client,
             d.goal,
-            {t: factors for t, factors in theme_groups.items() if factors},
+            {t: factors for t, factors in theme_groups.items() if len(factors) > 1},
             {},
             themes=True,
             progress=progress("themes"),
         )
-        theme_named = {n.factor: n.name for n in theme_names}
+        theme_named = {t: factors[0] for t, factors in theme_groups.items() if len(factors) == 1}
+        theme_named |= {n.factor: n.name for n in theme_names}
         report = frame.drop(columns="curated")
         report["name"] = report["factor"].map(lambda k: named[k].name).astype("string")
         report["description"] = report["factor"].map(lambda k: named[k].description).astype("string")
@@ -192,7 +194,7 @@ def build(d: DiscoverySpec) -> list:
             {
                 "goal": d.goal.text,
                 "factors": len(groups),
-                "themes": len(theme_names),
+                "themes": len(theme_named),
                 "names_kept": kept,
                 "named_by_llm": sum(not n.fallback for n in names),
                 "fallback_names": ", ".join(str(n.factor) for n in names if n.fallback) or "none",
