@@ -133,29 +133,28 @@ def test_a_killed_encoder_actor_is_replaced_and_no_document_is_lost(ray_cluster)
     np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
 
 
+def encodes_as_in_process(address: str, texts: list[str]) -> None:
+    """Documents encoded through a ComputeResource on `address` equal the linker's own, in this process."""
+    linker = Linker()
+    compute = ComputeResource(device="cpu", ray_address=address)
+    try:
+        vectors = compute.document_encoder(linker)(texts)
+    finally:
+        compute.disconnect()
+    np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
+
+
 def test_a_failed_ray_client_connection_leaves_the_process_able_to_connect(ray_cluster):
     wrong = "ray://" + ray_cluster[0]  # the cluster's own port, not its Ray Client port
     with pytest.raises(ConnectionError, match="Ray Client port"):
         distributed.connect(wrong, 2)
-    texts = [f"film {i}" for i in range(40)]
-    linker = Linker()
-    compute = ComputeResource(device="cpu", ray_address=ray_cluster[0])
-    try:
-        vectors = compute.document_encoder(linker)(texts)
-    finally:
-        compute.disconnect()
-    np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
+    encodes_as_in_process(ray_cluster[0], [f"film {i}" for i in range(40)])
 
 
 def test_a_ray_client_connection_encodes_in_a_task_on_the_cluster(ray_cluster):
-    texts = [f"a {'slow' if i % 2 else 'funny'} film, number {i}" for i in range(300)]
-    linker = Linker()
-    compute = ComputeResource(device="cpu", ray_address=ray_cluster[1])
-    try:
-        vectors = compute.document_encoder(linker)(texts)
-    finally:
-        compute.disconnect()
-    np.testing.assert_allclose(vectors, linker.encode_documents(texts), atol=1e-5, rtol=0)
+    encodes_as_in_process(
+        ray_cluster[1], [f"a {'slow' if i % 2 else 'funny'} film, number {i}" for i in range(300)]
+    )
 
 
 def test_an_unreachable_cluster_fails_the_run_naming_the_address(tmp_path, keyword_llm, instance):
