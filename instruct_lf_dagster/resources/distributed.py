@@ -131,7 +131,8 @@ def encode(linker: Linker, texts: Sequence[str], *, batch_size: int, cpus_per_ac
         # Ray Data runs only where the driver is a cluster process: over Ray Client, the pipeline runs in a task.
         log.info("ray: encoding %d documents in a task on the cluster (Ray Client)", len(texts))
         task = ray.remote(num_cpus=0)(_encode)
-        return ray.get(task.remote(linker, list(texts), batch_size, cpus_per_actor))
+        # Put, not passed inline: Ray Client streams a put in chunks, and warns of task messages over 10 MB.
+        return ray.get(task.remote(ray.put(linker), ray.put(list(texts)), batch_size, cpus_per_actor))
     return _encode(linker, texts, batch_size, cpus_per_actor)
 
 
