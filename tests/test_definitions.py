@@ -28,6 +28,26 @@ def test_definitions_load_the_declared_discoveries(env):
     assert defs.resolve_schedule_def("movie_critics_refit").cron_schedule == "0 3 * * 1"
 
 
+def test_loading_the_code_location_warns_of_nothing(tmp_path):
+    """Each Dagster process (code server, run, step) imports the definitions: a warning there is printed in
+    every one of them."""
+    import os
+    import subprocess
+
+    code = (
+        "import warnings; import dagster as dg\n"
+        "for kind in (dg.BetaWarning, dg.PreviewWarning): warnings.simplefilter('error', kind)\n"
+        "warnings.filterwarnings('error', category=DeprecationWarning, module='instruct_lf_dagster')\n"
+        "from instruct_lf_dagster.definitions import build_definitions\n"
+        "defs = build_definitions()\n"
+        "print(len(defs.resolve_all_job_defs()), 'jobs')\n"
+    )
+    env = {**os.environ, "INSTRUCT_LF_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]  # a warning is raised as an error here
+    assert "jobs" in done.stdout
+
+
 def test_the_demo_is_the_only_goal_and_it_lives_in_yaml():
     from instruct_lf_dagster import demo
     from instruct_lf_dagster.evaluation.probe import BUILTINS

@@ -1,5 +1,7 @@
 """Documents: each inbox file (a batch) read into rows of text, with bad input reported, never silently lost."""
 
+import warnings
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -63,13 +65,20 @@ def read_batch(batch: str, name: str, data: bytes, config: DocumentsConfig) -> t
     return rows.reset_index(drop=True), report
 
 
-@dg.asset(
-    partitions_def=batches,
-    backfill_policy=single_run,
-    group_name="inbox",
-    pool="duckdb",
-    kinds={"duckdb"},
-)
+with warnings.catch_warnings():
+    # `backfill_policy` is beta in Dagster: a warning in every process that imports this module (each run, each
+    # step), not one for users. The discoveries' assets are built under the same filter (`definitions.declared`).
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    _documents_asset = dg.asset(
+        partitions_def=batches,
+        backfill_policy=single_run,
+        group_name="inbox",
+        pool="duckdb",
+        kinds={"duckdb"},
+    )
+
+
+@_documents_asset
 def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, inbox: Inbox) -> pd.DataFrame:
     """The documents of each batch: one row per document with its text, read from the batch's inbox file.
 
