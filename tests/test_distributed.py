@@ -46,7 +46,7 @@ class FlakyRay:
             raise self.error
         if self.calls.count("init") <= self.refusals:
             raise ConnectionAbortedError(
-                "Initialization failure from server: Starting Ray client server failed."
+                "Initialization failure from server:\nTraceback ...\nRuntimeError: Starting Ray client server failed."
             )
 
     def shutdown(self) -> None:
@@ -58,10 +58,12 @@ def no_wait(monkeypatch):
     monkeypatch.setattr(distributed.time, "sleep", lambda seconds: None)
 
 
-def test_a_refused_ray_client_start_is_tried_again_and_each_failure_is_cleaned_up(no_wait):
+def test_a_refused_ray_client_start_is_tried_again_and_each_failure_is_cleaned_up(no_wait, caplog):
     ray = FlakyRay(refusals=1)
     distributed._init(ray, "ray://head:10001", {})
     assert ray.calls == ["init", "shutdown", "init"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "ray://head:10001 refused the connection (RuntimeError: Starting Ray client server failed.)" in warning
 
 
 def test_a_head_that_keeps_refusing_fails_naming_the_address_and_the_tries(no_wait):

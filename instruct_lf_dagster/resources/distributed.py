@@ -76,7 +76,8 @@ def _init(ray, address: str, options: dict) -> None:
                 raise ConnectionError(
                     f"cannot connect to the Ray cluster at {address!r}{tries}: {error}{hint}"
                 ) from error
-            log.warning("ray: the cluster at %s refused the connection (%s); trying again", address, error)
+            reason = str(error).strip().splitlines()[-1]  # the server's traceback ends with its reason
+            log.warning("ray: the cluster at %s refused the connection (%s); trying again", address, reason)
             time.sleep(2.0 * attempt)
 
 
