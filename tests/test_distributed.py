@@ -63,7 +63,10 @@ def test_a_refused_ray_client_start_is_tried_again_and_each_failure_is_cleaned_u
     distributed._init(ray, "ray://head:10001", {})
     assert ray.calls == ["init", "shutdown", "init"]
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert "ray://head:10001 refused the connection (RuntimeError: Starting Ray client server failed.)" in warning
+    assert (
+        "ray://head:10001 refused the connection (RuntimeError: Starting Ray client server failed.)"
+        in warning
+    )
 
 
 def test_a_head_that_keeps_refusing_fails_naming_the_address_and_the_tries(no_wait):
