@@ -42,6 +42,27 @@ def no_stale_dagster_instance():
         yield
 
 
+def run_warning_free(code: str, tmp_path: Path) -> str:
+    """Run `code` in a fresh Python process, with a home under `tmp_path` and Dagster's beta and preview
+    warnings, user warnings and this package's deprecations raised as errors; returns its stdout.
+
+    What a process prints once on import (a notebook, each Dagster process) only shows in a new process."""
+    import subprocess
+    import sys
+
+    guard = (
+        "import warnings; import dagster as dg\n"
+        "for kind in (UserWarning, dg.BetaWarning, dg.PreviewWarning): warnings.simplefilter('error', kind)\n"
+        "warnings.filterwarnings('error', category=DeprecationWarning, module='instruct_lf_dagster')\n"
+    )
+    env = {**os.environ, "INSTRUCT_LF_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", guard + code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]  # a warning is raised as an error here
+    return done.stdout
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

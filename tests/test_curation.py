@@ -3,8 +3,6 @@ documents' top factors, the code versions, the HTML page and the command line.""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +15,7 @@ from instruct_lf_dagster.core.discovery import STAGES, DiscoverySpec
 from instruct_lf_dagster.core.factors import Factors
 from instruct_lf_dagster.core.proposals import Goal
 from instruct_lf_dagster.run import format_factors
+from tests.conftest import run_warning_free
 
 PROPS = ("witty", "gag humor", "slow", "long", "kiss", "romance", "explosions")
 IDS = (10, 11, 12, 13)  # public ids, unlike the rows, as after a refit
@@ -180,16 +179,9 @@ def test_the_page_and_the_command_line_mark_curated_factors():
 
 
 def test_a_notebook_s_load_discovery_shows_no_dagster_beta_warning(tmp_path):
-    import subprocess
-    import sys
-
-    code = (
-        "import warnings; import dagster as dg\n"
-        "for kind in (UserWarning, dg.BetaWarning, dg.PreviewWarning): warnings.simplefilter('error', kind)\n"
+    out = run_warning_free(
         "from instruct_lf_dagster.fitted import load_discovery\n"
-        "try:\n    load_discovery('films')\nexcept LookupError as e:\n    print('LookupError:', e)\n"
+        "try:\n    load_discovery('films')\nexcept LookupError as e:\n    print('LookupError:', e)\n",
+        tmp_path,
     )
-    env = {**os.environ, "INSTRUCT_LF_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]  # a warning a notebook shows is raised as an error here
-    assert "LookupError: discovery 'films' has no linker, latent_factors, factor_report" in done.stdout
+    assert "LookupError: discovery 'films' has no linker, latent_factors, factor_report" in out

@@ -16,6 +16,7 @@ from instruct_lf_dagster.core.discovery import STAGES
 from instruct_lf_dagster.definitions import build_definitions, declared
 from instruct_lf_dagster.partitions import batches
 from instruct_lf_dagster.resources.inbox import LocalInbox, batch_key
+from tests.conftest import run_warning_free
 
 
 @pytest.mark.parametrize("env", ["local", "prod"])
@@ -31,21 +32,12 @@ def test_definitions_load_the_declared_discoveries(env):
 def test_loading_the_code_location_warns_of_nothing(tmp_path):
     """Each Dagster process (code server, run, step) imports the definitions: a warning there is printed in
     every one of them."""
-    import os
-    import subprocess
-
-    code = (
-        "import warnings; import dagster as dg\n"
-        "for kind in (dg.BetaWarning, dg.PreviewWarning): warnings.simplefilter('error', kind)\n"
-        "warnings.filterwarnings('error', category=DeprecationWarning, module='instruct_lf_dagster')\n"
+    out = run_warning_free(
         "from instruct_lf_dagster.definitions import build_definitions\n"
-        "defs = build_definitions()\n"
-        "print(len(defs.resolve_all_job_defs()), 'jobs')\n"
+        "print(len(build_definitions().resolve_all_job_defs()), 'jobs')\n",
+        tmp_path,
     )
-    env = {**os.environ, "INSTRUCT_LF_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]  # a warning is raised as an error here
-    assert "jobs" in done.stdout
+    assert "jobs" in out
 
 
 def test_the_demo_is_the_only_goal_and_it_lives_in_yaml():
